@@ -1,0 +1,223 @@
+"""Engine: owns the scheduler, the SSH pool, the slots and the executions in flight.
+
+`async with Engine(profile) as engine: result = await engine.submit(execution)`. Leaving the
+block normally waits for every submitted execution; leaving it with an error or a cancellation
+kills every remote process the engine started and releases every allocation (no orphans).
+`SyncEngine` is the same for scripts and notebooks, with `concurrent.futures` futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import anyio
+import anyio.from_thread
+
+from liborchestra import events
+from liborchestra.errors import LaunchError, OrchestraError, SSHError
+from liborchestra.execution import Execution, Result, State
+from liborchestra.launch import Launcher, LaunchSettings
+from liborchestra.profile import Profile
+from liborchestra.schedulers import Allocation, Node, create_scheduler
+from liborchestra.shell import LocalShell, Shell, SSHShell
+from liborchestra.slots import SlotPool
+from liborchestra.ssh import Limits, SSHPool
+from liborchestra.transfer import CodeArchive, CodeCache, build_archive, remote_path
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, profile: Profile, *, leave: str = "code",
+                 send_ignore: str = ".sendignore", fetch_ignore: str = ".fetchignore",
+                 listeners: Iterable[events.Listener] = ()) -> None:
+        self.profile = profile
+        self.listeners = list(listeners)
+        ssh = profile.ssh
+        limits = Limits() if ssh is None else Limits(
+            channels=ssh.max_channels, connections=ssh.max_connections,
+            keepalive=ssh.keepalive, connect_timeout=ssh.connect_timeout)
+        self.pool = SSHPool(limits)
+        self.scheduler = create_scheduler(profile, self.pool)
+        self.slots = SlotPool()
+        self.code = CodeCache()
+        self.send_ignore = send_ignore
+        self.leave = leave
+        self.launcher = Launcher(LaunchSettings(
+            profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
+            leave=leave, fetch_ignore=fetch_ignore), self.emit)
+        self._shells: dict[Node, Shell] = {}
+        self._archives: dict[Path, CodeArchive] = {}
+        self._archive_lock = anyio.Lock()
+        self._allocations: list[Allocation] = []
+        self._alloc_lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._pending = 0
+        self._idle = anyio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        self._exit = contextlib.AsyncExitStack()
+        await self._exit.__aenter__()
+        self._exit.push_async_callback(self._shutdown)
+        self._tg = await self._exit.enter_async_context(anyio.create_task_group())
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool | None:
+        if exc_type is None:
+            with contextlib.suppress(Exception):
+                await self.join()
+        else:
+            self._tg.cancel_scope.cancel()
+        return await self._exit.__aexit__(exc_type, exc, tb)
+
+    async def join(self) -> None:
+        """Wait until every submitted execution has finished."""
+        while self._pending:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    async def _shutdown(self) -> None:
+        """Release every allocation and close every connection, even while cancelled."""
+        with anyio.CancelScope(shield=True):
+            for allocation in list(self._allocations):
+                with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
+                    await self.scheduler.release(allocation)
+                self.emit(events.AllocationReleased(allocation.id, "engine closed"))
+            self._allocations.clear()
+            if self.leave == "nothing":
+                await self._remove_code()
+            await self.pool.aclose()
+
+    async def _remove_code(self) -> None:
+        root = remote_path(self.profile.directory)
+        for shell, digest in self.code.sent_to():
+            with contextlib.suppress(OrchestraError), anyio.move_on_after(10):
+                await shell.run(f"rm -f {root}/code/{digest}.tar")
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, execution: Execution) -> asyncio.Future[Result]:
+        """Queue an execution; the future resolves to its Result (never raises for failures
+        of the script or the infrastructure: those are states of the Result)."""
+        if self._tg is None:
+            raise RuntimeError("use the engine inside `async with`")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        scope = anyio.CancelScope()
+        future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
+        self._pending += 1
+        self._tg.start_soon(self._execute, execution, future, scope)
+        return future
+
+    async def run(self, execution: Execution) -> Result:
+        return await self.submit(execution)
+
+    async def _execute(self, execution: Execution, future: asyncio.Future[Result],
+                       scope: anyio.CancelScope) -> None:
+        result: Result | None = None
+        try:
+            with scope:
+                result = await self._place(execution)
+            if result is None:
+                result = Result(execution, State.CANCELLED, message="cancelled")
+        except (SSHError, LaunchError, OrchestraError) as error:
+            result = Result(execution, State.LOST, message=str(error))
+        except Exception as error:  # a bug: let the caller see it, not a silent hang
+            if not future.done():
+                future.set_exception(error)
+            raise
+        finally:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+            if result is not None:
+                self.emit(events.ExecutionFinished(result))
+                if not future.done():
+                    future.set_result(result)
+            elif not future.done():
+                future.cancel()
+
+    async def _place(self, execution: Execution) -> Result:
+        archive = await self._archive(execution.code_dir)
+        await self._ensure_allocation()
+        slot = await self.slots.acquire(execution.duration)
+        try:
+            shell = self.shell(slot.node)
+            if await self.code.ensure(shell, slot.node.filesystem, self.profile.directory,
+                                      archive):
+                self.emit(events.CodeSent(slot.node.filesystem, archive.digest, len(archive.data)))
+            return await self.launcher.run(shell, slot, execution, archive)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.slots.release(slot)
+
+    async def _archive(self, folder: Path) -> CodeArchive:
+        async with self._archive_lock:
+            if folder not in self._archives:
+                self._archives[folder] = await anyio.to_thread.run_sync(
+                    build_archive, folder, self.send_ignore)
+            return self._archives[folder]
+
+    async def _ensure_allocation(self) -> None:
+        """Make the first allocation on demand (elastic growth comes with cluster schedulers)."""
+        async with self._alloc_lock:
+            if self._allocations:
+                return
+            self.emit(events.AllocationRequested(self.scheduler.kind))
+            allocation = await self.scheduler.allocate()
+            self._allocations.append(allocation)
+            await self.slots.add(allocation)
+            self.emit(events.AllocationGranted(
+                allocation.id, tuple(n.name for n in allocation.nodes), allocation.slots,
+                allocation.ends_at))
+
+    async def allocate(self) -> list[Allocation]:
+        """Make sure an allocation exists now (for checks) and return the live ones."""
+        await self._ensure_allocation()
+        return list(self._allocations)
+
+    def shell(self, node: Node) -> Shell:
+        if node not in self._shells:
+            self._shells[node] = (LocalShell(node.name) if node.endpoint is None
+                                  else SSHShell(self.pool.host(node.endpoint), node.name))
+        return self._shells[node]
+
+    def emit(self, event: events.Event) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break executions
+                log.exception("event listener failed on %r", event)
+
+
+class SyncEngine:
+    """A blocking facade: `with SyncEngine(profile) as e: e.submit(x).result()`."""
+
+    def __init__(self, profile: Profile, **options: object) -> None:
+        self._engine = Engine(profile, **options)  # type: ignore[arg-type]
+        self._portal_cm = anyio.from_thread.start_blocking_portal(backend="asyncio")
+
+    def __enter__(self) -> SyncEngine:
+        self._portal = self._portal_cm.__enter__()
+        self._engine_cm = self._portal.wrap_async_context_manager(self._engine)
+        self._engine_cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._engine_cm.__exit__(*exc)
+        finally:
+            self._portal_cm.__exit__(*exc)
+
+    def submit(self, execution: Execution) -> concurrent.futures.Future[Result]:
+        return self._portal.start_task_soon(self._engine.run, execution)
+
+    def map(self, executions: Iterable[Execution]) -> list[Result]:
+        futures = [self.submit(e) for e in executions]
+        return [f.result() for f in futures]

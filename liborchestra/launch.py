@@ -1,0 +1,220 @@
+"""How an execution reaches a slot: the remote wrapper, reattachment, and cancellation.
+
+The wrapper makes the run folder, unpacks the code, and starts the script *detached* in its own
+session (`setsid`), writing stdout, stderr and finally its exit code into files of the run
+folder. The channel only watches: it waits for the script (and streams its output when asked),
+then packs the results. So a dropped connection does not kill a running script: the engine
+reattaches, waits for the exit code file, and fetches. Cancelling kills the script's whole
+process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Callable
+
+import anyio
+import attrs
+
+from liborchestra import events
+from liborchestra.errors import ConnectionLostError, LaunchError, SSHError
+from liborchestra.execution import Execution, Result, State
+from liborchestra.shell import Shell
+from liborchestra.slots import Slot
+from liborchestra.transfer import (
+    INTERNAL,
+    OUTPUT_MARKER,
+    CodeArchive,
+    IgnoreRules,
+    ResultSink,
+    pack_command,
+    remote_path,
+)
+
+log = logging.getLogger(__name__)
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a cancelled script
+REATTACH_ATTEMPTS = 3
+_SETUP_FAILED = 96
+
+
+@attrs.frozen
+class LaunchSettings:
+    """What the profile and the command line say about every execution."""
+
+    profile: str
+    root: str  # remote directory (RUNAWAY_PATH)
+    setup: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    leave: str = "code"
+    fetch_ignore: str = ".fetchignore"
+
+
+class Launcher:
+    def __init__(self, settings: LaunchSettings, emit: Callable[[events.Event], None]) -> None:
+        self.settings, self.emit = settings, emit
+
+    def run_dir(self, execution: Execution) -> str:
+        return f"{remote_path(self.settings.root)}/runs/{shlex.quote(execution.uuid)}"
+
+    async def run(self, shell: Shell, slot: Slot, execution: Execution,
+                  archive: CodeArchive) -> Result:
+        """Run to the end, fetch, clean up. Cancellation kills the remote process group."""
+        started = anyio.current_time()
+        record: dict[str, bytes] = {}
+        try:
+            record = await self._run_and_fetch(shell, slot, execution, archive)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_GRACE + 10):
+                await self.kill(shell, execution)
+            raise
+        except (SSHError, LaunchError) as error:
+            return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
+                          started=started, finished=anyio.current_time(), message=str(error))
+        ecode_text = record.get("ecode", b"").strip()
+        finished = anyio.current_time()
+        if not ecode_text.lstrip(b"-").isdigit():
+            return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
+                          output=execution.output, started=started, finished=finished,
+                          message="the script ended without recording an exit code")
+        ecode = int(ecode_text)
+        return Result(execution, State.COMPLETED if ecode == 0 else State.FAILED, ecode=ecode,
+                      node=slot.node.name, slot=slot.handle, output=execution.output,
+                      started=started, finished=finished)
+
+    async def _run_and_fetch(self, shell: Shell, slot: Slot, execution: Execution,
+                             archive: CodeArchive) -> dict[str, bytes]:
+        rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
+        if execution.output is not None:
+            execution.output.mkdir(parents=True, exist_ok=True)
+            (execution.output / OUTPUT_MARKER).touch()
+        sink = ResultSink()
+        pack = pack_command(self.run_dir(execution), rules)
+        start = self.start_command(slot, execution, archive)
+        self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle))
+        errors: list[bytes] = []
+        try:
+            if execution.stream:
+                status = await self._stream(shell, execution, start)
+                if status != _SETUP_FAILED:
+                    status = await shell.stream(pack, sink.write, errors.append)
+            else:
+                status = await shell.stream(f"{start}\nwait $pid\n{pack}", sink.write,
+                                            errors.append)
+        except ConnectionLostError as error:
+            self.emit(events.ConnectionProblem(shell.name, str(error)))
+            sink = await self._reattach(shell, execution, pack)
+            status = 0
+        if status != 0:
+            detail = b"".join(errors).decode(errors="replace").strip()
+            raise LaunchError(f"{shell.name}: could not prepare or pack the run folder of "
+                              f"{execution.uuid} (status {status}): {detail}")
+        record = sink.unpack(execution.output)
+        if execution.output is not None:
+            for name in ("stdout", "stderr", "ecode"):
+                (execution.output / name).write_bytes(record.get(name, b""))
+        await self.cleanup(shell, execution)
+        return record
+
+    async def _stream(self, shell: Shell, execution: Execution, start: str) -> int:
+        def out(data: bytes) -> None:
+            self.emit(events.Output(execution.uuid, "stdout", data))
+
+        def err(data: bytes) -> None:
+            self.emit(events.Output(execution.uuid, "stderr", data))
+
+        follow = (f"tail -s 0.05 -n +1 -f --pid=$pid {INTERNAL}/stdout & t1=$!; "
+                  f"tail -s 0.05 -n +1 -f --pid=$pid {INTERNAL}/stderr >&2 & t2=$!; "
+                  "wait $pid; wait $t1 $t2")
+        return await shell.stream(f"{start}\n{follow}", out, err)
+
+    async def _reattach(self, shell: Shell, execution: Execution, pack: str) -> ResultSink:
+        """After a lost connection: wait for the detached script to end, then fetch."""
+        run = self.run_dir(execution)
+        wait = (f"cd {run} || exit 97; pid=$(cat {INTERNAL}/pid 2>/dev/null); "
+                f"while [ ! -e {INTERNAL}/ecode ] && [ -n \"$pid\" ] && kill -0 \"$pid\" "
+                "2>/dev/null; do sleep 0.2; done")
+        error: SSHError | None = None
+        for attempt in range(REATTACH_ATTEMPTS):
+            sink = ResultSink()
+            try:
+                status = await shell.stream(f"{wait}\n{pack}", sink.write, _drop)
+            except ConnectionLostError as lost:
+                error = lost
+                await anyio.sleep(0.5 * 2 ** attempt)
+                continue
+            if status == 97:
+                raise SSHError(f"{shell.name}: run folder of {execution.uuid} vanished")
+            return sink
+        raise error or SSHError(f"{shell.name}: could not reattach to {execution.uuid}")
+
+    def start_command(self, slot: Slot, execution: Execution, archive: CodeArchive) -> str:
+        """Shell text that prepares the run folder and starts the script detached ($pid)."""
+        root = remote_path(self.settings.root)
+        runner = self.runner_script(slot, execution)
+        return "\n".join([
+            f"mkdir -p {self.run_dir(execution)}/{INTERNAL} && cd {self.run_dir(execution)} "
+            f"&& tar -xf {root}/code/{archive.name} || exit {_SETUP_FAILED}",
+            f": > {INTERNAL}/stdout; : > {INTERNAL}/stderr; touch {INTERNAL}/unpacked",
+            f"printf '%s' {shlex.quote(runner)} > {INTERNAL}/run.sh",
+            f"setsid bash {INTERNAL}/run.sh < /dev/null > /dev/null 2>&1 &",
+            f"pid=$!; echo $pid > {INTERNAL}/pid",
+        ])
+
+    def runner_script(self, slot: Slot, execution: Execution) -> str:
+        """The detached script: environment, setup, the user's script, the exit code file."""
+        s = self.settings
+        run = self.run_dir(execution)
+        script = execution.script.resolve().relative_to(execution.code_dir).as_posix()
+        env = [
+            ("RUNAWAY_UUID", shlex.quote(execution.uuid)),
+            ("RUNAWAY_REMOTE", shlex.quote(s.profile)),
+            ("RUNAWAY_PATH", remote_path(s.root)),
+            ("RUNAWAY_NODES", shlex.quote(" ".join(n.name for n in slot.allocation.nodes))),
+            ("RUNAWAY_NODE_ID", shlex.quote(slot.node.name)),
+            ("RUNAWAY_HANDLES", shlex.quote(" ".join(slot.node.handles))),
+            ("RUNAWAY_HANDLE_ID", shlex.quote(slot.handle)),
+            ("RUNAWAY_ARGUMENTS", shlex.quote(execution.arguments)),
+            ("RUNAWAY_SCRIPT_PATH", f"{run}/{shlex.quote(script)}"),
+            ("RUNAWAY_PWD", run),
+        ]
+        env += [(k, shlex.quote(v)) for k, v in (*s.env, *execution.env)]
+        runner = "bash" if not _executable(execution.script) else ""
+        command = " ".join(filter(None, [runner, shlex.quote("./" + script),
+                                         *map(shlex.quote, execution.args)]))
+        return "\n".join([
+            f"cd {run} || exit {_SETUP_FAILED}",
+            f"exec > {INTERNAL}/stdout 2> {INTERNAL}/stderr",
+            *(f"export {k}={v}" for k, v in env),
+            *s.setup,
+            command,
+            f"echo $? > {INTERNAL}/ecode.tmp && mv -f {INTERNAL}/ecode.tmp {INTERNAL}/ecode",
+        ]) + "\n"
+
+    async def kill(self, shell: Shell, execution: Execution) -> None:
+        """Kill the script's process group: SIGTERM, then SIGKILL after a grace period."""
+        polls = int(KILL_GRACE / 0.1)
+        command = (f"cd {self.run_dir(execution)} 2>/dev/null || exit 0; "
+                   f"pid=$(cat {INTERNAL}/pid 2>/dev/null) || exit 0; [ -n \"$pid\" ] || exit 0; "
+                   "kill -TERM -- -$pid 2>/dev/null || exit 0; "
+                   f"for i in $(seq {polls}); do kill -0 -- -$pid 2>/dev/null || break; "
+                   "sleep 0.1; done; kill -KILL -- -$pid 2>/dev/null; true")
+        try:
+            await shell.run(command)
+            await self.cleanup(shell, execution)
+        except SSHError as error:
+            log.warning("could not kill %s on %s: %s", execution.uuid, shell.name, error)
+
+    async def cleanup(self, shell: Shell, execution: Execution) -> None:
+        if self.settings.leave != "everything":
+            await shell.run(f"rm -rf {self.run_dir(execution)}")
+
+
+def _drop(_: bytes) -> None:
+    return None
+
+
+def _executable(script: Path) -> bool:
+    return os.access(script, os.X_OK)

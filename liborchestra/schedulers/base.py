@@ -1,0 +1,78 @@
+"""What every scheduler provides: allocations of nodes, each node split into slot handles.
+
+A scheduler only grants and releases allocations and says when one ended. Placing executions
+on slots, shipping code and fetching results is the engine's job, the same for every kind.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import attrs
+
+from liborchestra.profile import Profile
+from liborchestra.ssh import Endpoint, SSHPool
+
+
+@attrs.frozen
+class Node:
+    """A machine of an allocation: how to reach it and which slot handles it offers."""
+
+    name: str  # RUNAWAY_NODE_ID
+    endpoint: Endpoint | None  # None: this machine, no SSH
+    filesystem: str  # code is shipped once per filesystem key
+    handles: tuple[str, ...]  # one slot each (RUNAWAY_HANDLE_ID)
+
+
+@attrs.frozen
+class Allocation:
+    id: str
+    nodes: tuple[Node, ...]
+    ends_at: float | None = None  # anyio.current_time() deadline; None: no walltime
+
+    @property
+    def slots(self) -> int:
+        return sum(len(node.handles) for node in self.nodes)
+
+
+class Scheduler(abc.ABC):
+    """Grants and releases allocations. One instance per engine."""
+
+    kind: str = "abstract"
+    max_allocations: int = 1
+
+    def __init__(self, profile: Profile, pool: SSHPool) -> None:
+        self.profile, self.pool = profile, pool
+
+    @abc.abstractmethod
+    async def allocate(self) -> Allocation:
+        """Ask for one allocation and wait until it is granted (or raise SchedulerError)."""
+
+    @abc.abstractmethod
+    async def release(self, allocation: Allocation) -> None:
+        """Give an allocation back. Must be safe to call twice and on an ended allocation."""
+
+    async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
+        """Which of these allocations ended, with why. One call covers all of them."""
+        return {}
+
+    def endpoint(self, host: str, port: int | None = None,
+                 jump: Endpoint | None = None) -> Endpoint:
+        """An endpoint with the profile's SSH options (user, keys, known_hosts, config)."""
+        ssh = self.profile.ssh
+        if ssh is None:
+            return Endpoint(host=host, port=port, jump=jump)
+        return Endpoint(host=host, port=port if port else (ssh.port if host == ssh.host else None),
+                        user=ssh.user, identities=ssh.identity, known_hosts=ssh.known_hosts,
+                        config=ssh.config, jump=jump)
+
+    def login(self) -> Endpoint | None:
+        """The profile's login host, if it has one."""
+        ssh = self.profile.ssh
+        return self.endpoint(ssh.host) if ssh and ssh.host else None
+
+
+def slot_handles(slots: int | str, cores: int) -> tuple[str, ...]:
+    """Slot handles of a node: a fixed number, or one per core."""
+    count = slots if isinstance(slots, int) else cores
+    return tuple(str(i) for i in range(max(1, count)))

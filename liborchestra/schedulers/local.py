@@ -1,0 +1,21 @@
+"""This machine as one allocation: one slot per core (or the profile's count), no SSH."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from liborchestra.schedulers.base import Allocation, Node, Scheduler, slot_handles
+
+
+class LocalScheduler(Scheduler):
+    kind = "local"
+
+    async def allocate(self) -> Allocation:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        node = Node(name=socket.gethostname(), endpoint=None, filesystem="local",
+                    handles=slot_handles(self.profile.slots, cores or 1))
+        return Allocation(id="local", nodes=(node,))
+
+    async def release(self, allocation: Allocation) -> None:
+        return None

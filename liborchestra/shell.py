@@ -1,0 +1,109 @@
+"""Where a bash command runs: this machine (a subprocess) or a host over a pooled SSH channel.
+
+Both speak the same small interface, so code shipping, the remote wrapper and fetching are
+written once and behave the same on `local` as on a cluster node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+from typing import Callable, Protocol
+
+import anyio
+
+from liborchestra.errors import ConnectionLostError
+from liborchestra.ssh import Completed, HostPool
+
+Sink = Callable[[bytes], None]
+_CHUNK = 65536
+
+
+class Shell(Protocol):
+    """Runs bash commands on one host."""
+
+    name: str
+
+    async def run(self, command: str, input: bytes | None = None) -> Completed:
+        """Run to completion and collect stdout and stderr."""
+
+    async def stream(self, command: str, stdout: Sink, stderr: Sink,
+                     input: bytes | None = None) -> int:
+        """Run, handing output chunks to the sinks as they arrive; return the exit status."""
+
+
+async def _pump(reader: object, sink: Sink) -> None:
+    while True:
+        chunk = await reader.read(_CHUNK)  # type: ignore[attr-defined]
+        if not chunk:
+            return
+        sink(chunk)
+
+
+class LocalShell:
+    """bash on this machine. Each command gets its own process group, killed if cancelled."""
+
+    def __init__(self, name: str = "localhost") -> None:
+        self.name = name
+
+    async def run(self, command: str, input: bytes | None = None) -> Completed:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        code = await self.stream(command, out.append, err.append, input)
+        return Completed(code, b"".join(out), b"".join(err))
+
+    async def stream(self, command: str, stdout: Sink, stderr: Sink,
+                     input: bytes | None = None) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_pump, proc.stdout, stdout)
+                tg.start_soon(_pump, proc.stderr, stderr)
+                if input:
+                    proc.stdin.write(input)
+                    with contextlib.suppress(ConnectionError):
+                        await proc.stdin.drain()
+                proc.stdin.close()
+            return await proc.wait()
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with anyio.CancelScope(shield=True):
+                    await proc.wait()
+
+
+class SSHShell:
+    """bash on a host reached over SSH (the login shell's environment, as with `ssh host cmd`)."""
+
+    def __init__(self, pool: HostPool, name: str | None = None) -> None:
+        self.pool = pool
+        self.name = name or pool.endpoint.host
+
+    async def run(self, command: str, input: bytes | None = None) -> Completed:
+        return await self.pool.run(_bash(command), input)
+
+    async def stream(self, command: str, stdout: Sink, stderr: Sink,
+                     input: bytes | None = None) -> int:
+        async with self.pool.process(_bash(command)) as proc:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_pump, proc.stdout, stdout)
+                tg.start_soon(_pump, proc.stderr, stderr)
+                if input:
+                    proc.stdin.write(input)
+                proc.stdin.write_eof()
+            await proc.wait_closed()
+            if proc.exit_status is None:
+                raise ConnectionLostError(f"{self.name}: channel closed before exit status")
+            return proc.exit_status
+
+
+def _bash(command: str) -> str:
+    """Run under bash whatever the user's login shell is (csh users exist on clusters)."""
+    return f"bash -c {shlex.quote(command)}"

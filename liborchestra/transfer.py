@@ -1,0 +1,251 @@
+"""Code shipping and results fetching.
+
+The code folder minus `.sendignore` globs becomes a deterministic tar named by its SHA-256, so the
+same content always has the same name: it is sent once per remote filesystem, verified there,
+and reused by every execution. Results come back as one tar of the files an execution created
+or changed (minus `.fetchignore` globs), plus its stdout, stderr and exit code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import os
+import shlex
+import stat
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import anyio
+import attrs
+
+from liborchestra.errors import TransferError
+from liborchestra.shell import Shell
+
+OUTPUT_MARKER = ".orchestra-output"  # written into local output folders; never shipped back out
+INTERNAL = ".orchestra"  # per-run folder of the wrapper: pid, stdout, stderr, ecode
+
+
+@attrs.frozen
+class IgnoreRules:
+    """Glob patterns as in the original runaway ignore files.
+
+    A pattern without `/` matches a file or folder name anywhere; a pattern with `/` matches the
+    path from the root folder; a trailing `/` matches folders only; `#` starts a comment.
+    """
+
+    patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, path: Path) -> IgnoreRules:
+        if not path.is_file():
+            return cls()
+        lines = (line.strip() for line in path.read_text().splitlines())
+        return cls(tuple(line for line in lines if line and not line.startswith("#")))
+
+    def ignores(self, relpath: str, is_dir: bool) -> bool:
+        name = relpath.rsplit("/", 1)[-1]
+        for pattern in self.patterns:
+            dir_only = pattern.endswith("/")
+            pattern = pattern.rstrip("/")
+            if dir_only and not is_dir:
+                continue
+            if "/" in pattern:
+                if fnmatch.fnmatchcase(relpath, pattern.lstrip("/")):
+                    return True
+            elif fnmatch.fnmatchcase(name, pattern):
+                return True
+        return False
+
+    def find_predicates(self) -> str:
+        """The same rules as `find` tests, for pruning on the remote side."""
+        tests = [f"-path ./{INTERNAL}"]
+        for pattern in self.patterns:
+            bare = pattern.rstrip("/")
+            kind = " -type d" if pattern.endswith("/") else ""
+            if "/" in bare:
+                tests.append(f"\\( -path {shlex.quote('./' + bare.lstrip('/'))}{kind} \\)")
+            else:
+                tests.append(f"\\( -name {shlex.quote(bare)}{kind} \\)")
+        return " -o ".join(tests)
+
+
+@attrs.frozen
+class CodeArchive:
+    digest: str
+    data: bytes = attrs.field(repr=False)
+    files: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.digest}.tar"
+
+
+def build_archive(folder: Path, ignore_file: str = ".sendignore") -> CodeArchive:
+    """Tar `folder` deterministically (sorted, no times or owners) and hash it."""
+    folder = folder.resolve()
+    rules = IgnoreRules.read(folder / ignore_file)
+    buffer = io.BytesIO()
+    count = 0
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for relpath, path, is_dir in _walk(folder, rules):
+            info = tarfile.TarInfo(relpath)
+            mode = path.lstat().st_mode
+            info.mode = stat.S_IMODE(mode) | 0o200
+            info.mtime = 0
+            if is_dir:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif stat.S_ISLNK(mode):
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                tar.addfile(info)
+            elif stat.S_ISREG(mode):
+                try:
+                    data = path.read_bytes()
+                except OSError as error:
+                    raise TransferError(f"{path}: cannot read for shipping: "
+                                        f"{error.strerror}") from None
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                count += 1
+    data = buffer.getvalue()
+    return CodeArchive(hashlib.sha256(data).hexdigest(), data, count)
+
+
+def _walk(folder: Path, rules: IgnoreRules):
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        rel_root = base.relative_to(folder).as_posix()
+        keep = []
+        for name in sorted(dirs):
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            path = base / name
+            if rules.ignores(rel, True) or (path / OUTPUT_MARKER).exists() or path.is_symlink():
+                if path.is_symlink() and not rules.ignores(rel, False):
+                    yield rel, path, False
+                continue
+            keep.append(name)
+            yield rel, path, True
+        dirs[:] = keep
+        for name in sorted(files):
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            if not rules.ignores(rel, False):
+                yield rel, base / name, False
+
+
+def remote_path(path: str) -> str:
+    """A shell word for a remote path: quoted, with a leading `~/` left to the remote $HOME."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+class CodeCache:
+    """Which archives each filesystem already holds; one upload per (filesystem, digest)."""
+
+    def __init__(self) -> None:
+        self._present: set[tuple[str, str]] = set()
+        self._sent: list[tuple[Shell, str]] = []
+        self._locks: dict[tuple[str, str], anyio.Lock] = {}
+        self.uploads = 0
+        self.bytes_sent = 0
+
+    async def ensure(self, shell: Shell, filesystem: str, root: str,
+                     archive: CodeArchive) -> bool:
+        """Make sure `root/code/<digest>.tar` exists and is intact; True when it was sent now."""
+        key = (filesystem, archive.digest)
+        if key in self._present:
+            return False
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:
+            if key in self._present:
+                return False
+            sent = await self._ensure(shell, root, archive)
+            self._present.add(key)
+            self._sent.append((shell, archive.digest))
+            return sent
+
+    def sent_to(self) -> list[tuple[Shell, str]]:
+        """One shell per (filesystem, digest) this cache placed or found, for cleanup."""
+        return list(self._sent)
+
+    async def _ensure(self, shell: Shell, root: str, archive: CodeArchive) -> bool:
+        target = f"{remote_path(root)}/code/{archive.name}"
+        probe = await shell.run(f"test -f {target}")
+        if probe.returncode == 0:
+            return False
+        tmp = f"{remote_path(root)}/code/.{archive.name}.$$"
+        command = (f"set -e; mkdir -p {remote_path(root)}/code; cat > {tmp}; "
+                   f"if ! sha256sum < {tmp} | sed 's/ .*//' | "
+                   f"grep -qx {shlex.quote(archive.digest)}; then rm -f {tmp}; "
+                   "echo 'hash mismatch after upload' >&2; exit 3; fi; "
+                   f"mv -f {tmp} {target}")
+        done = await shell.run(command, input=archive.data)
+        if done.returncode != 0:
+            raise TransferError(f"{shell.name}: could not store the code archive under "
+                                f"{root}/code: {done.stderr.decode(errors='replace').strip()}")
+        self.uploads += 1
+        self.bytes_sent += len(archive.data)
+        return True
+
+
+def pack_command(run_dir: str, rules: IgnoreRules) -> str:
+    """Remote command writing to stdout a tar of the run's new files and its record."""
+    prune = rules.find_predicates()
+    return (f"cd {run_dir} && {{ find . \\( {prune} \\) -prune -o \\( -type f -o -type l \\) "
+            f"-newer {INTERNAL}/unpacked -print0; "
+            f"for f in stdout stderr ecode; do [ -e {INTERNAL}/$f ] && printf '%s\\0' "
+            f"./{INTERNAL}/$f; done; }} | tar --null --no-recursion -T - -cf -")
+
+
+class ResultSink:
+    """Receives a results tar in chunks (spooled to disk), then unpacks it into a folder."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+
+    def unpack(self, dest: Path | None) -> dict[str, bytes]:
+        """Extract outputs into `dest`; return the wrapper's record (stdout, stderr, ecode)."""
+        self._file.seek(0)
+        record: dict[str, bytes] = {}
+        try:
+            with tarfile.open(fileobj=self._file, mode="r:") as tar:
+                for member in tar:
+                    _extract(tar, member, dest, record)
+        except tarfile.TarError as error:
+            raise TransferError(f"results archive is damaged: {error}") from None
+        finally:
+            self._file.close()
+        return record
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path | None,
+             record: dict[str, bytes]) -> None:
+    name = PurePosixPath(member.name)
+    parts = [p for p in name.parts if p != "."]
+    if not parts or name.is_absolute() or ".." in parts:
+        return
+    if parts[0] == INTERNAL:
+        if len(parts) == 2 and member.isfile():
+            record[parts[1]] = tar.extractfile(member).read()
+        return
+    if dest is None or not (member.isfile() or member.issym()):
+        return
+    target = dest.joinpath(*parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if member.issym():
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        target.symlink_to(member.linkname)
+        return
+    with tar.extractfile(member) as src, open(target, "wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+    os.chmod(target, stat.S_IMODE(member.mode) | 0o600)

@@ -1,0 +1,1 @@
+"""runaway: the command line over liborchestra."""

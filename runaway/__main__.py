@@ -1,0 +1,3 @@
+from runaway.cli import run
+
+run()

@@ -1,0 +1,143 @@
+"""`runaway`: run scripts on the slots a profile gives. A thin layer over liborchestra.
+
+Exit codes: the script's own for `exec`; 2 for bad input; 3 when the infrastructure lost the
+execution; 130/143 after Ctrl-C/SIGTERM (remote processes killed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from liborchestra.check import check_profile
+from liborchestra.engine import Engine
+from liborchestra.errors import OrchestraError
+from liborchestra.execution import Execution, State
+from liborchestra.profile import LEAVE, load_profile
+from runaway.render import Renderer
+
+EXIT_USAGE, EXIT_LOST = 2, 3
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="runaway", description="Run scripts on local machines, SSH hosts and clusters.")
+    top.add_argument("-v", "--verbose", action="store_true", help="show engine events")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ex = sub.add_parser("exec", help="run one execution and fetch its results",
+                        description="Run SCRIPT once on PROFILE; the exit code is the script's.")
+    ex.add_argument("profile", help="profile name (./profiles, ~/.config/orchestra/profiles, "
+                    "built-in `local`) or path to a .yml file")
+    ex.add_argument("script", type=Path, help="the script to run (its folder is shipped)")
+    ex.add_argument("args", nargs="*", metavar="ARG",
+                    help="arguments after `--`, passed verbatim to the script")
+    ex.add_argument("-o", "--output", type=Path,
+                    help="local folder for fetched results (default ./runs/<uuid>)")
+    ex.add_argument("--code", type=Path, help="folder to ship (default: the script's folder)")
+    _shared(ex)
+    ex.add_argument("--no-ecode", action="store_true",
+                    help="exit 0 whatever the script's exit code")
+
+    ck = sub.add_parser("check", help="check that a profile is usable",
+                        description="Reachability, host keys, auth, remote directory, slots.")
+    ck.add_argument("profile")
+    return top
+
+
+def _shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--send-ignore", default=".sendignore",
+                   help="file of globs not shipped (default .sendignore in the code folder)")
+    p.add_argument("-f", "--fetch-ignore", default=".fetchignore",
+                   help="file of globs not fetched back (default .fetchignore)")
+    p.add_argument("-l", "--leave", choices=LEAVE, default="code",
+                   help="what stays on the remote: nothing, code (default: the cached code "
+                        "archive), everything (also the run folder)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    renderer = Renderer(verbose=args.verbose)
+    try:
+        if args.command == "exec":
+            return anyio.run(_with_signals, _exec, args, renderer, backend="asyncio")
+        return anyio.run(_with_signals, _check, args, renderer, backend="asyncio")
+    except OrchestraError as error:
+        renderer.error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _with_signals(command, args: argparse.Namespace, renderer: Renderer) -> int:
+    """Run `command`; the first SIGINT/SIGTERM cancels it (cleanup runs), the second exits."""
+    outcome: dict[str, int] = {}
+    failure: list[OrchestraError] = []
+    async with anyio.create_task_group() as tg:
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if "signal" in outcome:
+                        renderer.error("interrupted again: exiting without cleanup")
+                        os._exit(128 + signum)
+                    outcome["signal"] = signum
+                    renderer.note("interrupted: killing remote processes and cleaning up "
+                                  "(again to exit at once)")
+                    tg.cancel_scope.cancel()
+
+        async def work() -> None:
+            try:
+                outcome["code"] = await command(args, renderer)
+            except OrchestraError as error:
+                failure.append(error)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        tg.start_soon(work)
+    if "signal" in outcome:
+        return 128 + outcome["signal"]
+    if failure:
+        raise failure[0]
+    return outcome["code"]
+
+
+async def _exec(args: argparse.Namespace, renderer: Renderer) -> int:
+    script = args.script
+    if not script.is_file():
+        raise OrchestraError(f"{script}: no such script")
+    code = args.code.resolve() if args.code else None
+    if code is not None:
+        if not code.is_dir():
+            raise OrchestraError(f"--code {args.code}: no such folder")
+        if not script.resolve().is_relative_to(code):
+            raise OrchestraError(f"{script}: the script must be inside --code {args.code}")
+    profile = load_profile(args.profile)
+    execution = Execution(script=script, args=args.args, code=code, stream=True)
+    output = args.output or Path("runs") / execution.uuid
+    execution = Execution(script=script, args=args.args, code=code, stream=True,
+                          output=output.resolve(), uuid=execution.uuid)
+    async with Engine(profile, leave=args.leave, send_ignore=args.send_ignore,
+                      fetch_ignore=args.fetch_ignore, listeners=[renderer.event]) as engine:
+        result = await engine.submit(execution)
+    renderer.finished(result)
+    if result.state is State.LOST:
+        return EXIT_LOST
+    if args.no_ecode:
+        return 0
+    return result.ecode if result.ecode is not None else EXIT_LOST
+
+
+async def _check(args: argparse.Namespace, renderer: Renderer) -> int:
+    profile = load_profile(args.profile)
+    ok = await check_profile(profile, renderer.check)
+    return 0 if ok else 1
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
