@@ -1,0 +1,65 @@
+"""Profiles and scripts shared by the tests (the test bed fixture lives in conftest.py)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from liborchestra.profile import Profile, load_profile
+
+# Writes its argv NUL-separated, so a test can compare arguments byte for byte.
+ARGV_SCRIPT = """\
+#!/usr/bin/env bash
+printf '%s\\0' "$@" > argv.bin
+env | grep '^RUNAWAY_' | sort > env.txt
+echo "on $(hostname)"
+"""
+
+
+def write_script(folder: Path, name: str, body: str, executable: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    path.chmod(0o755 if executable else 0o644)
+    return path
+
+
+def write_profile(folder: Path, name: str, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yml"
+    path.write_text(yaml.safe_dump({"name": name, **data}, sort_keys=False))
+    return path
+
+
+def local_profile(tmp: Path, slots: int | str = 4) -> Path:
+    return write_profile(tmp / "profiles", "loc", {
+        "scheduler": {"kind": "local"}, "slots": slots, "directory": str(tmp / "remote")})
+
+
+def ssh_options(testbed, **extra) -> dict:
+    return {"user": testbed.user, "identity": [str(testbed.key)],
+            "known_hosts": str(testbed.known_hosts), **extra}
+
+
+def stock_profile(testbed, tmp: Path, slots: int = 4, **ssh) -> Path:
+    """The 127.0.0.1 sshd with stock limits (MaxSessions 10)."""
+    return write_profile(tmp / "profiles", "stock", {
+        "ssh": ssh_options(testbed, **ssh),
+        "scheduler": {"kind": "hosts",
+                      "hosts": [{"host": "127.0.0.1", "port": testbed.local_port,
+                                 "slots": slots}]},
+        "directory": f"~/.orchestra-tests/{tmp.name}"})
+
+
+def jump_profile(testbed, tmp: Path, nodes=("node1",), slots: int = 2) -> Path:
+    """Nodes reached through `login` as a jump host."""
+    return write_profile(tmp / "profiles", "jump", {
+        "ssh": ssh_options(testbed, host="login"),
+        "scheduler": {"kind": "hosts", "hosts": [{"host": n, "slots": slots} for n in nodes]},
+        "directory": f"~/.orchestra-tests/{tmp.name}"})
+
+
+def load(path: Path) -> Profile:
+    return load_profile(str(path))
