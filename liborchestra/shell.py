@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 import anyio
 
 from liborchestra.errors import ConnectionLostError
+from liborchestra.ssh import LOST_ERRORS as _LOST
 from liborchestra.ssh import Completed, HostPool
 
 Sink = Callable[[bytes], None]
@@ -91,13 +92,26 @@ class SSHShell:
 
     async def stream(self, command: str, stdout: Sink, stderr: Sink,
                      input: bytes | None = None) -> int:
+        lost: list[BaseException] = []
+
+        async def pump(reader: object, sink: Sink) -> None:
+            try:
+                await _pump(reader, sink)
+            except _LOST as error:  # surfaced once, below, not as an exception group
+                lost.append(error)
+
         async with self.pool.process(_bash(command)) as proc:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_pump, proc.stdout, stdout)
-                tg.start_soon(_pump, proc.stderr, stderr)
-                if input:
-                    proc.stdin.write(input)
-                proc.stdin.write_eof()
+                tg.start_soon(pump, proc.stdout, stdout)
+                tg.start_soon(pump, proc.stderr, stderr)
+                try:
+                    if input:
+                        proc.stdin.write(input)
+                    proc.stdin.write_eof()
+                except _LOST as error:
+                    lost.append(error)
+            if lost:
+                raise ConnectionLostError(f"{self.name}: connection lost: {lost[0]}")
             await proc.wait_closed()
             if proc.exit_status is None:
                 raise ConnectionLostError(f"{self.name}: channel closed before exit status")

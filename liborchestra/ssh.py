@@ -23,7 +23,7 @@ import attrs
 from liborchestra.errors import ConnectionLostError, HostKeyError, SSHError
 
 log = logging.getLogger(__name__)
-_LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
+LOST_ERRORS = _LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
          ConnectionResetError, EOFError)
 _FAILURE_MEMORY = 5.0  # seconds during which waiters share a failed connect instead of retrying
 
@@ -176,6 +176,8 @@ class HostPool:
         while True:
             async with self._changed:
                 while True:
+                    for conn in [c for c in self._conns if c.conn.is_closed()]:
+                        self._drop(conn)
                     usable = [c for c in self._conns if not c.dead and c.in_use < c.budget]
                     if usable:
                         conn = min(usable, key=lambda c: c.in_use)

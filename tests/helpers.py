@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import uuid
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,7 @@ def stock_profile(testbed, tmp: Path, slots: int = 4, **ssh) -> Path:
         "scheduler": {"kind": "hosts",
                       "hosts": [{"host": "127.0.0.1", "port": testbed.local_port,
                                  "slots": slots}]},
-        "directory": f"~/.orchestra-tests/{tmp.name}"})
+        "directory": _remote_dir()})
 
 
 def jump_profile(testbed, tmp: Path, nodes=("node1",), slots: int = 2) -> Path:
@@ -58,7 +59,12 @@ def jump_profile(testbed, tmp: Path, nodes=("node1",), slots: int = 2) -> Path:
     return write_profile(tmp / "profiles", "jump", {
         "ssh": ssh_options(testbed, host="login"),
         "scheduler": {"kind": "hosts", "hosts": [{"host": n, "slots": slots} for n in nodes]},
-        "directory": f"~/.orchestra-tests/{tmp.name}"})
+        "directory": _remote_dir()})
+
+
+def _remote_dir() -> str:
+    """A fresh remote root per test, so nothing is cached from an earlier run."""
+    return f"~/.orchestra-tests/{uuid.uuid4().hex}"
 
 
 def load(path: Path) -> Profile:

@@ -12,7 +12,14 @@ import anyio
 import pytest
 
 from liborchestra import Engine, Execution, State, SyncEngine, events
-from tests.helpers import ARGV_SCRIPT, jump_profile, load, local_profile, stock_profile, write_script
+from tests.helpers import (
+    ARGV_SCRIPT,
+    jump_profile,
+    load,
+    local_profile,
+    stock_profile,
+    write_script,
+)
 
 NASTY = ["it's", 'say "hi"', "$(touch /tmp/pwned-{tag})", "a; touch /tmp/pwned-{tag}",
          "line1\nline2", "`id`", "*", "", "--flag=1 2", "\\back"]

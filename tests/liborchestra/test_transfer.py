@@ -30,7 +30,8 @@ def test_digest_depends_on_content_not_on_times(tmp_path):
 
 
 def test_same_content_elsewhere_has_same_digest(tmp_path):
-    assert build_archive(_tree(tmp_path / "a")).digest == build_archive(_tree(tmp_path / "b")).digest
+    first, second = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert build_archive(first).digest == build_archive(second).digest
 
 
 def test_sendignore_globs(tmp_path):
