@@ -313,9 +313,9 @@ def _host_key_error(ep: Endpoint) -> HostKeyError:
     """Say whether the key is unknown or changed, and what to do about each."""
     path = ep.known_hosts or "~/.ssh/known_hosts"
     known = False
+    name = ep.host if not ep.port or ep.port == 22 else f"[{ep.host}]:{ep.port}"
     try:
-        names = [ep.host] if not ep.port or ep.port == 22 else [f"[{ep.host}]:{ep.port}"]
-        trusted = asyncssh.read_known_hosts(_expand(path)).match(names[0], "", ep.port or 22)
+        trusted = asyncssh.read_known_hosts(_expand(path)).match(ep.host, "", ep.port or 22)
         known = bool(trusted[0] or trusted[1])
     except (OSError, ValueError, asyncssh.Error):
         pass
@@ -323,9 +323,9 @@ def _host_key_error(ep: Endpoint) -> HostKeyError:
         return HostKeyError(
             f"{ep}: host key CHANGED: it differs from the key recorded in {path}. This may be an "
             "attack, or the host was reinstalled; verify with the administrator, then remove "
-            f"the old entry (ssh-keygen -R {ep.host} -f {path})")
+            f"the old entry (ssh-keygen -R '{name}' -f {path})")
     return HostKeyError(
-        f"{ep}: host key unknown: {ep.host} is not in {path}. Connect once with `ssh` to "
+        f"{ep}: host key unknown: {name} is not in {path}. Connect once with `ssh` to "
         "verify and record it, or add it with ssh-keyscan after checking its fingerprint")
 
 

@@ -61,7 +61,16 @@ def _shared(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after the first `--` is the script's, verbatim (argparse would mix them up
+    # with options given after the positionals).
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
+    if hasattr(args, "args"):
+        args.args = [*args.args, *tail]
     renderer = Renderer(verbose=args.verbose)
     try:
         if args.command == "exec":

@@ -15,7 +15,7 @@ from liborchestra.execution import Result, State
 class Renderer:
     def __init__(self, verbose: bool = False) -> None:
         self.verbose = verbose
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
         self.console.print(f"[dim]runaway: {escape(text)}[/dim]")
