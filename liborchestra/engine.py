@@ -30,6 +30,7 @@ from liborchestra.ssh import Limits, SSHPool
 from liborchestra.transfer import CodeArchive, CodeCache, build_archive, remote_path
 
 log = logging.getLogger(__name__)
+SWEEP_INTERVAL = 1.0  # seconds between batched removals of finished run folders
 
 
 class Engine:
@@ -67,7 +68,15 @@ class Engine:
         await self._exit.__aenter__()
         self._exit.push_async_callback(self._shutdown)
         self._tg = await self._exit.enter_async_context(anyio.create_task_group())
+        self._background = anyio.CancelScope()
+        self._tg.start_soon(self._sweeper)
         return self
+
+    async def _sweeper(self) -> None:
+        with self._background:
+            while True:
+                await anyio.sleep(SWEEP_INTERVAL)
+                await self.launcher.sweep()
 
     async def __aexit__(self, exc_type, exc, tb) -> bool | None:
         if exc_type is None:
@@ -75,6 +84,7 @@ class Engine:
                 await self.join()
         else:
             self._tg.cancel_scope.cancel()
+        self._background.cancel()
         return await self._exit.__aexit__(exc_type, exc, tb)
 
     async def join(self) -> None:
@@ -86,6 +96,8 @@ class Engine:
     async def _shutdown(self) -> None:
         """Release every allocation and close every connection, even while cancelled."""
         with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(30):
+                await self.launcher.sweep()
             for allocation in list(self._allocations):
                 with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
                     await self.scheduler.release(allocation)

@@ -55,6 +55,7 @@ class LaunchSettings:
 class Launcher:
     def __init__(self, settings: LaunchSettings, emit: Callable[[events.Event], None]) -> None:
         self.settings, self.emit = settings, emit
+        self._trash: dict[Shell, list[str]] = {}
 
     def run_dir(self, execution: Execution) -> str:
         return f"{remote_path(self.settings.root)}/runs/{shlex.quote(execution.uuid)}"
@@ -115,7 +116,7 @@ class Launcher:
         if execution.output is not None:
             for name in ("stdout", "stderr", "ecode"):
                 (execution.output / name).write_bytes(record.get(name, b""))
-        await self.cleanup(shell, execution)
+        self.discard(shell, execution)
         return record
 
     async def _stream(self, shell: Shell, execution: Execution, start: str) -> int:
@@ -203,13 +204,25 @@ class Launcher:
                    "sleep 0.1; done; kill -KILL -- -$pid 2>/dev/null; true")
         try:
             await shell.run(command)
-            await self.cleanup(shell, execution)
+            self.discard(shell, execution)
         except SSHError as error:
             log.warning("could not kill %s on %s: %s", execution.uuid, shell.name, error)
 
-    async def cleanup(self, shell: Shell, execution: Execution) -> None:
+    def discard(self, shell: Shell, execution: Execution) -> None:
+        """Queue the run folder for removal (unless leave=everything); `sweep` removes them
+        in batches, one command per host rather than one per execution."""
         if self.settings.leave != "everything":
-            await shell.run(f"rm -rf {self.run_dir(execution)}")
+            self._trash.setdefault(shell, []).append(self.run_dir(execution))
+
+    async def sweep(self) -> None:
+        """Remove the queued run folders now."""
+        trash, self._trash = self._trash, {}
+        for shell, folders in trash.items():
+            for start in range(0, len(folders), 200):
+                try:
+                    await shell.run("rm -rf " + " ".join(folders[start:start + 200]))
+                except SSHError as error:
+                    log.warning("could not remove run folders on %s: %s", shell.name, error)
 
 
 def _drop(_: bytes) -> None:

@@ -126,21 +126,24 @@ def test_cancelling_kills_the_remote_process_group(target, tmp_path):
 def test_leave_policies(target, tmp_path):
     profile, _ = target
     script = write_script(tmp_path / "code", "job.sh", "echo hi > out.txt\n")
-    shells = {}
 
     async def main(leave):
         async with Engine(profile, leave=leave) as engine:
-            result = await engine.submit(Execution(script, output=tmp_path / leave))
+            result = await engine.submit(Execution(script, output=tmp_path / f"out-{leave}"))
             node = engine.slots.allocations[0].nodes[0]
-            shells[leave] = engine.shell(node)
             run_dir = engine.launcher.run_dir(result.execution)
-            probe = await shells[leave].run(f"test -d {run_dir}")
-            return result, probe.returncode == 0
+        code = f"{profile.directory.replace('~', '$HOME')}/code"
+        async with Engine(profile) as engine:  # look after the first engine has closed
+            probe = await engine.shell(node).run(
+                f"test -d {run_dir} && echo run; ls {code} | grep -c tar")
+        return result, probe.stdout.decode().split()
 
-    result, kept = run(main("everything"))
-    assert result.ok and kept
-    result, kept = run(main("code"))
-    assert result.ok and not kept
+    result, seen = run(main("everything"))
+    assert result.ok and seen == ["run", "1"]
+    result, seen = run(main("code"))
+    assert result.ok and seen == ["1"]
+    result, seen = run(main("nothing"))
+    assert result.ok and seen == ["0"]
 
 
 def test_code_is_sent_once_per_filesystem_until_it_changes(target, tmp_path):

@@ -1,0 +1,41 @@
+"""Run every benchmark of the project and print one table (medians; ratios to the peer).
+
+    python -m bench.run [--quick]
+
+Needs the test bed up (tests/testbed/up.sh) for the cluster benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import exec_throughput  # noqa: E402
+from tests.conftest import load_testbed  # noqa: E402
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--quick", action="store_true", help="fewer executions and repeats")
+    options = args.parse_args()
+    testbed = load_testbed()
+    rows = []
+    n, repeats = (200, 1) if options.quick else (600, 3)
+    rows += exec_throughput.run(testbed, n=n, repeats=repeats)
+    table = Table(title="orchestra benchmarks (medians; ratio = ours / peer)")
+    for column in ("benchmark", "tool", "value", "unit", "ratio", "driver CPU ms/exec"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["benchmark"], row["tool"], f"{row['value']:.1f}", row["unit"],
+                      f"{row['ratio']:.2f}", f"{row['cpu_ms']:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
