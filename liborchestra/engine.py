@@ -17,14 +17,16 @@ from typing import Iterable
 
 import anyio
 import anyio.from_thread
+import attrs
 
 from liborchestra import events
+from liborchestra.allocator import Allocator
 from liborchestra.errors import LaunchError, OrchestraError, SSHError
 from liborchestra.execution import Execution, Result, State
 from liborchestra.launch import Launcher, LaunchSettings
 from liborchestra.profile import Profile
 from liborchestra.schedulers import Allocation, Node, create_scheduler
-from liborchestra.shell import LocalShell, Shell, SSHShell
+from liborchestra.shell import LocalShell, Shell, SrunShell, SSHShell
 from liborchestra.slots import SlotPool
 from liborchestra.ssh import Limits, SSHPool
 from liborchestra.transfer import CodeArchive, CodeCache, build_archive, remote_path
@@ -52,11 +54,11 @@ class Engine:
         self.launcher = Launcher(LaunchSettings(
             profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
             leave=leave, fetch_ignore=fetch_ignore), self.emit)
+        self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
         self._archives: dict[Path, CodeArchive] = {}
         self._archive_lock = anyio.Lock()
-        self._allocations: list[Allocation] = []
-        self._alloc_lock = anyio.Lock()
+        self._running: dict[str, list[_Running]] = {}  # allocation id -> executions on it
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending = 0
         self._idle = anyio.Event()
@@ -69,14 +71,20 @@ class Engine:
         self._exit.push_async_callback(self._shutdown)
         self._tg = await self._exit.enter_async_context(anyio.create_task_group())
         self._background = anyio.CancelScope()
-        self._tg.start_soon(self._sweeper)
+        self._tg.start_soon(self._housekeeping)
         return self
 
-    async def _sweeper(self) -> None:
-        with self._background:
+    async def _housekeeping(self) -> None:
+        """Background work: the allocation loop and batched removal of run folders."""
+        async def sweeper() -> None:
             while True:
                 await anyio.sleep(SWEEP_INTERVAL)
                 await self.launcher.sweep()
+
+        with self._background:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sweeper)
+                tg.start_soon(self.allocator.run)
 
     async def __aexit__(self, exc_type, exc, tb) -> bool | None:
         if exc_type is None:
@@ -98,11 +106,7 @@ class Engine:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(30):
                 await self.launcher.sweep()
-            for allocation in list(self._allocations):
-                with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
-                    await self.scheduler.release(allocation)
-                self.emit(events.AllocationReleased(allocation.id, "engine closed"))
-            self._allocations.clear()
+            await self.allocator.release_all()
             if self.leave == "nothing":
                 await self._remove_code()
             await self.pool.aclose()
@@ -133,10 +137,13 @@ class Engine:
     async def _execute(self, execution: Execution, future: asyncio.Future[Result],
                        scope: anyio.CancelScope) -> None:
         result: Result | None = None
+        running = _Running(scope)
         try:
             with scope:
-                result = await self._place(execution)
-            if result is None:
+                result = await self._place(execution, running)
+            if result is None and running.lost:
+                result = Result(execution, State.LOST, node=running.node, message=running.lost)
+            elif result is None:
                 result = Result(execution, State.CANCELLED, message="cancelled")
         except (SSHError, LaunchError, OrchestraError) as error:
             result = Result(execution, State.LOST, message=str(error))
@@ -155,10 +162,12 @@ class Engine:
             elif not future.done():
                 future.cancel()
 
-    async def _place(self, execution: Execution) -> Result:
+    async def _place(self, execution: Execution, running: _Running) -> Result:
         archive = await self._archive(execution.code_dir)
-        await self._ensure_allocation()
         slot = await self.slots.acquire(execution.duration)
+        running.node = slot.node.name
+        on_allocation = self._running.setdefault(slot.allocation.id, [])
+        on_allocation.append(running)
         try:
             shell = self.shell(slot.node)
             if await self.code.ensure(shell, slot.node.filesystem, self.profile.directory,
@@ -166,8 +175,16 @@ class Engine:
                 self.emit(events.CodeSent(slot.node.filesystem, archive.digest, len(archive.data)))
             return await self.launcher.run(shell, slot, execution, archive)
         finally:
+            on_allocation.remove(running)
             with anyio.CancelScope(shield=True):
                 await self.slots.release(slot)
+
+    async def _allocation_ended(self, allocation: Allocation, reason: str) -> None:
+        """The cluster ended an allocation: its executions are lost; kill what survives
+        (processes started over SSH are not part of the job, so the scheduler leaves them)."""
+        for running in list(self._running.get(allocation.id, [])):
+            running.lost = f"allocation {allocation.id} ended: {reason}"
+            running.scope.cancel()
 
     async def _archive(self, folder: Path) -> CodeArchive:
         async with self._archive_lock:
@@ -176,28 +193,30 @@ class Engine:
                     build_archive, folder, self.send_ignore)
             return self._archives[folder]
 
-    async def _ensure_allocation(self) -> None:
-        """Make the first allocation on demand (elastic growth comes with cluster schedulers)."""
-        async with self._alloc_lock:
-            if self._allocations:
-                return
-            self.emit(events.AllocationRequested(self.scheduler.kind))
-            allocation = await self.scheduler.allocate()
-            self._allocations.append(allocation)
-            await self.slots.add(allocation)
-            self.emit(events.AllocationGranted(
-                allocation.id, tuple(n.name for n in allocation.nodes), allocation.slots,
-                allocation.ends_at))
-
     async def allocate(self) -> list[Allocation]:
-        """Make sure an allocation exists now (for checks) and return the live ones."""
-        await self._ensure_allocation()
-        return list(self._allocations)
+        """Wait for an allocation (for checks) and return the live ones."""
+        while not self.allocator.live:
+            async with self._probe():
+                pass
+        return list(self.allocator.live.values())
+
+    @contextlib.asynccontextmanager
+    async def _probe(self):
+        """Stand in line for a slot, so the allocator sees demand; give it straight back."""
+        slot = await self.slots.acquire()
+        await self.slots.release(slot)
+        yield
 
     def shell(self, node: Node) -> Shell:
         if node not in self._shells:
-            self._shells[node] = (LocalShell(node.name) if node.endpoint is None
-                                  else SSHShell(self.pool.host(node.endpoint), node.name))
+            if node.srun is not None:
+                login = SSHShell(self.pool.host(node.srun.login), node.srun.login.host)
+                shell: Shell = SrunShell(login, node.srun.job, node.name)
+            elif node.endpoint is None:
+                shell = LocalShell(node.name)
+            else:
+                shell = SSHShell(self.pool.host(node.endpoint), node.name)
+            self._shells[node] = shell
         return self._shells[node]
 
     def emit(self, event: events.Event) -> None:
@@ -206,6 +225,13 @@ class Engine:
                 listener(event)
             except Exception:  # a broken listener must not break executions
                 log.exception("event listener failed on %r", event)
+
+
+@attrs.define(eq=False)
+class _Running:
+    scope: anyio.CancelScope
+    node: str | None = None
+    lost: str = ""  # why the infrastructure took it away
 
 
 class SyncEngine:

@@ -181,6 +181,8 @@ class Launcher:
             ("RUNAWAY_SCRIPT_PATH", f"{run}/{shlex.quote(script)}"),
             ("RUNAWAY_PWD", run),
         ]
+        if slot.node.gpus:
+            env.append(("CUDA_VISIBLE_DEVICES", shlex.quote(slot.handle)))
         env += [(k, shlex.quote(v)) for k, v in (*s.env, *execution.env)]
         runner = "bash" if not _executable(execution.script) else ""
         command = " ".join(filter(None, [runner, shlex.quote("./" + script),

@@ -10,17 +10,28 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import yaml
 
+from liborchestra._fields import (
+    Bad,
+    Fields,
+    bool_,
+    kind_of,
+    parse_duration,
+    port_number,
+    positive_int,
+    str_,
+    str_list,
+)
 from liborchestra.errors import ProfileError
 
-KINDS = ("local", "hosts")
+KINDS = ("local", "hosts", "slurm", "sge", "pbs", "custom")
+CLUSTER_KINDS = ("slurm", "sge", "pbs", "custom")
+REACH = ("ssh", "srun")
 LEAVE = ("nothing", "code", "everything")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @attrs.frozen
@@ -49,9 +60,30 @@ class HostSpec:
 
 
 @attrs.frozen
+class CustomCommands:
+    """Allocation by shell commands, as the original runaway did (see `legacy`)."""
+
+    start_allocation: tuple[str, ...]
+    cancel_allocation: tuple[str, ...]
+    get_node_handles: tuple[str, ...]
+    node_proxycommand: str | None = None
+    execution: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class SchedulerSpec:
     kind: str
     hosts: tuple[HostSpec, ...] = ()
+    nodes: int = 1  # per allocation
+    walltime: float | None = None  # seconds; None: the scheduler's default (custom: unlimited)
+    max_allocations: int = 1
+    idle_timeout: float = 300.0
+    poll_interval: float = 5.0
+    options: tuple[str, ...] = ()  # passed through to salloc/sbatch/qsub
+    submit: str = "salloc"  # slurm: salloc --no-shell, or sbatch (a holder job)
+    pe: str | None = None  # sge: parallel environment
+    gpus: int | None = None  # declared GPUs per node, for `slots: gpus`
+    custom: CustomCommands | None = None
 
 
 @attrs.frozen
@@ -66,6 +98,7 @@ class Profile:
     shared_filesystem: bool = True
     setup: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    reach: str = "ssh"
     source: str = "<memory>"
 
     @property
@@ -73,120 +106,27 @@ class Profile:
         return self.scheduler.kind == "local"
 
 
-class _Fields:
-    """Reads one YAML mapping: typed fields, defaults, and unknown keys reported by name."""
-
-    def __init__(self, data: Any, source: str, where: str = "") -> None:
-        if not isinstance(data, dict):
-            raise ProfileError(source, where or None, f"expected a mapping, got {_kind(data)}")
-        self.data, self.source, self.where, self.seen = data, source, where, set()
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def error(self, key: str, message: str) -> ProfileError:
-        return ProfileError(self.source, self.path(key), message)
-
-    def get(self, key: str, conv: Callable[[Any, str], Any], default: Any = None,
-            required: bool = False) -> Any:
-        self.seen.add(key)
-        if key not in self.data or self.data[key] is None:
-            if required:
-                raise self.error(key, "is required")
-            return default
-        try:
-            return conv(self.data[key], self.path(key))
-        except _Bad as bad:
-            raise self.error(key, str(bad)) from None
-
-    def done(self) -> None:
-        unknown = sorted(set(map(str, self.data)) - self.seen)
-        if unknown:
-            known = ", ".join(sorted(self.seen))
-            raise self.error(unknown[0], f"unknown field; expected one of {known}")
-
-
-class _Bad(Exception):
-    pass
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _str(value: Any, _: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _Bad(f"expected a string, got {_kind(value)}")
-    return str(value)
-
-
-def _bool(value: Any, _: str) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {value!r}")
-    return value
-
-
-def _positive_int(value: Any, _: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _Bad(f"expected a positive integer, got {value!r}")
-    return value
-
-
-def _port(value: Any, where: str) -> int:
-    port = _positive_int(value, where)
-    if port > 65535:
-        raise _Bad(f"expected a port number (1-65535), got {value!r}")
-    return port
-
-
-def _str_list(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, list):
-        raise _Bad(f"expected a list of strings, got {_kind(value)}")
-    return tuple(_str(item, where) for item in value)
-
-
-def parse_duration(value: Any, _: str = "") -> float:
-    """Seconds from `90`, `30s`, `15m`, `2h`, `1d` or `[[D-]HH:]MM:SS`."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    text = str(value)
-    match = _DURATION.match(text)
-    if match:
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    days, _, clock = text.rpartition("-")
-    parts = clock.split(":")
-    if 2 <= len(parts) <= 3 and all(p.isdigit() for p in parts) and (not days or days.isdigit()):
-        seconds = 0
-        for part in parts:
-            seconds = seconds * 60 + int(part)
-        return float(seconds + int(days or 0) * 86400)
-    raise _Bad(f"expected a duration such as 90, 30s, 15m, 2h or 1:30:00, got {value!r}")
-
-
 def _slots(value: Any, _: str) -> int | str:
     if value in ("cores", "gpus"):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise _Bad(f"expected a positive integer, 'cores' or 'gpus', got {value!r}")
+    raise Bad(f"expected a positive integer, 'cores' or 'gpus', got {value!r}")
 
 
 def _ssh(value: Any, where: str, source: str) -> SSHOptions:
     if isinstance(value, str):
         value = {"host": value}
-    f = _Fields(value, source, where)
+    f = Fields(value, source, where)
     options = SSHOptions(
-        host=f.get("host", _str),
-        port=f.get("port", _port),
-        user=f.get("user", _str),
-        identity=f.get("identity", _str_list, ()),
-        known_hosts=f.get("known_hosts", _str),
-        config=f.get("config", _str_list, ()),
-        max_channels=f.get("max_channels", _positive_int, 8),
-        max_connections=f.get("max_connections", _positive_int, 4),
+        host=f.get("host", str_),
+        port=f.get("port", port_number),
+        user=f.get("user", str_),
+        identity=f.get("identity", str_list, ()),
+        known_hosts=f.get("known_hosts", str_),
+        config=f.get("config", str_list, ()),
+        max_channels=f.get("max_channels", positive_int, 8),
+        max_connections=f.get("max_connections", positive_int, 4),
         keepalive=f.get("keepalive", parse_duration, 15.0),
         connect_timeout=f.get("connect_timeout", parse_duration, 15.0),
     )
@@ -197,9 +137,9 @@ def _ssh(value: Any, where: str, source: str) -> SSHOptions:
 def _host(value: Any, where: str, source: str) -> HostSpec:
     if isinstance(value, str):
         return HostSpec(host=value)
-    f = _Fields(value, source, where)
-    spec = HostSpec(host=f.get("host", _str, required=True), port=f.get("port", _port),
-                    slots=f.get("slots", _positive_int))
+    f = Fields(value, source, where)
+    spec = HostSpec(host=f.get("host", str_, required=True), port=f.get("port", port_number),
+                    slots=f.get("slots", positive_int))
     f.done()
     return spec
 
@@ -207,8 +147,8 @@ def _host(value: Any, where: str, source: str) -> HostSpec:
 def _scheduler(value: Any, where: str, source: str) -> SchedulerSpec:
     if isinstance(value, str):
         value = {"kind": value}
-    f = _Fields(value, source, where)
-    kind = f.get("kind", _str, required=True)
+    f = Fields(value, source, where)
+    kind = f.get("kind", str_, required=True)
     if kind not in KINDS:
         raise f.error("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
     hosts: tuple[HostSpec, ...] = ()
@@ -217,41 +157,93 @@ def _scheduler(value: Any, where: str, source: str) -> SchedulerSpec:
         if not isinstance(raw, list) or not raw:
             raise f.error("hosts", "expected a non-empty list of hosts")
         hosts = tuple(_host(item, f"{f.path('hosts')}[{i}]", source) for i, item in enumerate(raw))
+    spec = SchedulerSpec(
+        kind=kind, hosts=hosts,
+        gpus=f.get("gpus", positive_int),
+        **(_cluster_fields(f, kind, source) if kind in CLUSTER_KINDS else {}))
     f.done()
-    return SchedulerSpec(kind=kind, hosts=hosts)
+    return spec
+
+
+def _cluster_fields(f: Fields, kind: str, source: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "nodes": f.get("nodes", positive_int, 1),
+        "walltime": f.get("walltime", parse_duration),
+        "max_allocations": f.get("max_allocations", positive_int, 1),
+        "idle_timeout": f.get("idle_timeout", parse_duration, 300.0),
+        "poll_interval": f.get("poll_interval", parse_duration, 5.0),
+        "options": f.get("options", str_list, ()),
+    }
+    if kind == "slurm":
+        fields["submit"] = f.get("submit", _choice(("salloc", "sbatch")), "salloc")
+    if kind == "sge":
+        fields["pe"] = f.get("pe", str_)
+    if kind == "custom":
+        fields["custom"] = CustomCommands(
+            start_allocation=f.get("start_allocation", str_list, required=True),
+            cancel_allocation=f.get("cancel_allocation", str_list, required=True),
+            get_node_handles=f.get("get_node_handles", str_list, required=True),
+            node_proxycommand=f.get("node_proxycommand", str_),
+            execution=f.get("execution", str_list, ()))
+    return fields
+
+
+def _choice(options: tuple[str, ...]):
+    def convert(value: Any, _: str) -> str:
+        if value not in options:
+            raise Bad(f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    return convert
 
 
 def _env(value: Any, _: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
-        raise _Bad(f"expected a mapping of NAME: value, got {_kind(value)}")
+        raise Bad(f"expected a mapping of NAME: value, got {kind_of(value)}")
     pairs = []
     for key, item in value.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
-            raise _Bad(f"{key!r} is not a valid environment variable name")
-        pairs.append((str(key), _str(item, "")))
+            raise Bad(f"{key!r} is not a valid environment variable name")
+        pairs.append((str(key), str_(item, "")))
     return tuple(pairs)
 
 
 def parse_profile(data: Any, source: str, default_name: str = "profile") -> Profile:
     """Validate a profile given as parsed YAML; raises ProfileError naming the bad field."""
-    f = _Fields(data, source)
+    f = Fields(data, source)
     scheduler = f.get("scheduler", lambda v, w: _scheduler(v, w, source), required=True)
     ssh = f.get("ssh", lambda v, w: _ssh(v, w, source))
     profile = Profile(
-        name=f.get("name", _str, default_name),
+        name=f.get("name", str_, default_name),
         scheduler=scheduler,
         ssh=ssh,
         slots=f.get("slots", _slots, "cores"),
-        directory=f.get("directory", _str, "~/.orchestra"),
-        shared_filesystem=f.get("shared_filesystem", _bool, True),
-        setup=f.get("setup", _str_list, ()),
+        directory=f.get("directory", str_, "~/.orchestra"),
+        shared_filesystem=f.get("shared_filesystem", bool_, True),
+        setup=f.get("setup", str_list, ()),
         env=f.get("env", _env, ()),
+        reach=f.get("reach", _choice(REACH), "ssh"),
         source=source,
     )
     f.done()
-    if scheduler.kind == "local" and ssh is not None:
-        raise ProfileError(source, "ssh", "a local profile runs on this machine; remove ssh")
+    _consistent(profile)
     return profile
+
+
+def _consistent(profile: Profile) -> None:
+    """Rules between fields, each with the field to fix."""
+    kind, source = profile.scheduler.kind, profile.source
+    if kind == "local" and profile.ssh is not None:
+        raise ProfileError(source, "ssh", "a local profile runs on this machine; remove ssh")
+    if kind in ("slurm", "sge", "pbs") and (profile.ssh is None or not profile.ssh.host):
+        raise ProfileError(source, "ssh.host", f"a {kind} profile needs the login host where "
+                           "its commands run")
+    if profile.reach == "srun" and kind != "slurm":
+        raise ProfileError(source, "reach", f"srun reaches nodes of slurm profiles only, not "
+                           f"{kind}; use reach: ssh")
+    if profile.slots == "gpus" and not profile.scheduler.gpus:
+        raise ProfileError(source, "scheduler.gpus", "slots: gpus needs the number of GPUs per "
+                           "node declared here")
 
 
 def search_path() -> list[Path]:

@@ -121,3 +121,22 @@ class SSHShell:
 def _bash(command: str) -> str:
     """Run under bash whatever the user's login shell is (csh users exist on clusters)."""
     return f"bash -c {shlex.quote(command)}"
+
+
+class SrunShell:
+    """bash on a node of a Slurm job, as an `srun --overlap` step launched from the login host,
+    for sites that forbid SSH to compute nodes."""
+
+    def __init__(self, login: SSHShell, job: str, node: str) -> None:
+        self.login, self.job, self.name = login, job, node
+
+    def _step(self, command: str) -> str:
+        return (f"srun --jobid={shlex.quote(self.job)} --overlap -w {shlex.quote(self.name)} "
+                f"-N1 -n1 --quiet bash -c {shlex.quote(command)}")
+
+    async def run(self, command: str, input: bytes | None = None) -> Completed:
+        return await self.login.run(self._step(command), input)
+
+    async def stream(self, command: str, stdout: Sink, stderr: Sink,
+                     input: bytes | None = None) -> int:
+        return await self.login.stream(self._step(command), stdout, stderr, input)

@@ -7,6 +7,8 @@ Free slots are taken from the least busy node, so load spreads over nodes.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import anyio
 import attrs
 
@@ -32,7 +34,14 @@ class SlotPool:
         self._busy: dict[str, int] = {}  # node name -> busy slots
         self._live: dict[str, Allocation] = {}
         self._changed = anyio.Condition()
-        self.waiting = 0  # executions waiting for a slot: the demand that drives allocation
+        self._waiting: list[float | None] = []  # declared durations of waiting executions
+        self._error: Exception | None = None
+        self.on_wait: Callable[[], None] = lambda: None  # told when work starts waiting
+
+    @property
+    def waiting(self) -> int:
+        """Executions waiting for a slot: the demand that drives allocation."""
+        return len(self._waiting)
 
     @property
     def allocations(self) -> list[Allocation]:
@@ -44,9 +53,30 @@ class SlotPool:
     def busy(self) -> int:
         return sum(self._busy.values())
 
+    def busy_in(self, allocation_id: str) -> int:
+        allocation = self._live.get(allocation_id)
+        if allocation is None:
+            return 0
+        free = sum(1 for s in self._free if s.allocation.id == allocation_id)
+        return allocation.slots - free
+
+    def unfit_duration(self) -> float | None:
+        """The longest declared duration among waiting work that no live allocation can hold."""
+        now = anyio.current_time()
+        room = max((float("inf") if a.ends_at is None else a.ends_at - now
+                    for a in self._live.values()), default=float("-inf"))
+        unfit = [d for d in self._waiting if d is not None and d + WALLTIME_MARGIN > room]
+        return max(unfit, default=None)
+
+    async def fail(self, error: Exception) -> None:
+        """No slot will come (allocation refused): every waiter, present and future, raises."""
+        async with self._changed:
+            self._error = error
+            self._changed.notify_all()
     async def add(self, allocation: Allocation) -> None:
         async with self._changed:
             self._live[allocation.id] = allocation
+            self._error = None
             for node in allocation.nodes:
                 self._busy.setdefault(node.name, 0)
                 self._free.extend(Slot(allocation, node, h) for h in node.handles)
@@ -62,7 +92,8 @@ class SlotPool:
     async def acquire(self, duration: float | None = None) -> Slot:
         """Wait for a free slot whose allocation lasts long enough for `duration` seconds."""
         async with self._changed:
-            self.waiting += 1
+            self._waiting.append(duration)
+            self.on_wait()
             try:
                 while True:
                     slot = self._pick(duration)
@@ -70,13 +101,15 @@ class SlotPool:
                         self._free.remove(slot)
                         self._busy[slot.node.name] = self._busy.get(slot.node.name, 0) + 1
                         return slot
+                    if self._error is not None:
+                        raise self._error
                     await self._changed.wait()
             finally:
-                self.waiting -= 1
+                self._waiting.remove(duration)
 
     def _pick(self, duration: float | None) -> Slot | None:
         now = anyio.current_time()
-        need = (duration or 0.0) + (WALLTIME_MARGIN if duration else 0.0)
+        need = (duration or 0.0) + WALLTIME_MARGIN
         best, best_load = None, None
         for slot in self._free:
             if slot.remaining(now) < need:

@@ -19,9 +19,17 @@ class Node:
     """A machine of an allocation: how to reach it and which slot handles it offers."""
 
     name: str  # RUNAWAY_NODE_ID
-    endpoint: Endpoint | None  # None: this machine, no SSH
+    endpoint: Endpoint | None  # None: this machine (or reached by srun)
     filesystem: str  # code is shipped once per filesystem key
     handles: tuple[str, ...]  # one slot each (RUNAWAY_HANDLE_ID)
+    srun: SrunReach | None = None  # reach by `srun --overlap` steps from the login host
+    gpus: bool = False  # slots are GPUs: each gets CUDA_VISIBLE_DEVICES=<handle>
+
+
+@attrs.frozen
+class SrunReach:
+    login: Endpoint
+    job: str
 
 
 @attrs.frozen
@@ -29,6 +37,7 @@ class Allocation:
     id: str
     nodes: tuple[Node, ...]
     ends_at: float | None = None  # anyio.current_time() deadline; None: no walltime
+    duration: float | None = None  # the walltime granted, seconds
 
     @property
     def slots(self) -> int:
@@ -45,8 +54,9 @@ class Scheduler(abc.ABC):
         self.profile, self.pool = profile, pool
 
     @abc.abstractmethod
-    async def allocate(self) -> Allocation:
-        """Ask for one allocation and wait until it is granted (or raise SchedulerError)."""
+    async def allocate(self, walltime: float | None = None) -> Allocation:
+        """Ask for one allocation (at least `walltime` seconds long when given) and wait until
+        it is granted; raise SchedulerError with the scheduler's own message if refused."""
 
     @abc.abstractmethod
     async def release(self, allocation: Allocation) -> None:
@@ -55,6 +65,10 @@ class Scheduler(abc.ABC):
     async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
         """Which of these allocations ended, with why. One call covers all of them."""
         return {}
+
+    async def aclose(self) -> None:
+        """Last sweep at shutdown: anything of this engine still known to the cluster goes."""
+        return None
 
     def endpoint(self, host: str, port: int | None = None,
                  jump: Endpoint | None = None) -> Endpoint:
@@ -72,7 +86,7 @@ class Scheduler(abc.ABC):
         return self.endpoint(ssh.host) if ssh and ssh.host else None
 
 
-def slot_handles(slots: int | str, cores: int) -> tuple[str, ...]:
-    """Slot handles of a node: a fixed number, or one per core."""
-    count = slots if isinstance(slots, int) else cores
+def slot_handles(slots: int | str, cores: int, gpus: int | None = None) -> tuple[str, ...]:
+    """Slot handles of a node: a fixed number, one per core, or one per GPU."""
+    count = slots if isinstance(slots, int) else (gpus or 0) if slots == "gpus" else cores
     return tuple(str(i) for i in range(max(1, count)))

@@ -16,7 +16,7 @@ from liborchestra.shell import SSHShell
 class HostsScheduler(Scheduler):
     kind = "hosts"
 
-    async def allocate(self) -> Allocation:
+    async def allocate(self, walltime: float | None = None) -> Allocation:
         specs = self.profile.scheduler.hosts
         nodes: list[Node | None] = [None] * len(specs)
         jump = self.login()
@@ -26,7 +26,7 @@ class HostsScheduler(Scheduler):
             endpoint = self.endpoint(spec.host, spec.port, jump)
             slots = spec.slots or self.profile.slots
             cores = 1
-            if not isinstance(slots, int):
+            if slots == "cores":
                 done = await SSHShell(self.pool.host(endpoint)).run("nproc")
                 text = done.stdout.decode(errors="replace").strip()
                 if done.returncode != 0 or not text.isdigit():
@@ -35,7 +35,8 @@ class HostsScheduler(Scheduler):
                 cores = int(text)
             filesystem = "shared" if self.profile.shared_filesystem else str(endpoint)
             nodes[i] = Node(name=spec.host, endpoint=endpoint, filesystem=filesystem,
-                            handles=slot_handles(slots, cores))
+                            handles=slot_handles(slots, cores, self.profile.scheduler.gpus),
+                            gpus=slots == "gpus")
 
         async with anyio.create_task_group() as tg:
             for i in range(len(specs)):

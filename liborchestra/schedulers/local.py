@@ -11,10 +11,12 @@ from liborchestra.schedulers.base import Allocation, Node, Scheduler, slot_handl
 class LocalScheduler(Scheduler):
     kind = "local"
 
-    async def allocate(self) -> Allocation:
+    async def allocate(self, walltime: float | None = None) -> Allocation:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         node = Node(name=socket.gethostname(), endpoint=None, filesystem="local",
-                    handles=slot_handles(self.profile.slots, cores or 1))
+                    handles=slot_handles(self.profile.slots, cores or 1,
+                                            self.profile.scheduler.gpus),
+                    gpus=self.profile.slots == "gpus")
         return Allocation(id="local", nodes=(node,))
 
     async def release(self, allocation: Allocation) -> None:

@@ -1,0 +1,165 @@
+"""Allocator: decides when to ask for, replace and give back allocations.
+
+Elastic: one allocation is asked for when work waits; more while work still waits and fewer
+than `max_allocations` are live; an allocation idle for `idle_timeout` is given back.
+Walltime-aware: work that declared a duration no live allocation can hold gets an allocation
+long enough for it; an allocation about to end is replaced before it does. The scheduler is
+polled once per interval for all allocations together; one that ended (cancelled or timed out
+by the cluster) is withdrawn and its executions reported lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import anyio
+
+from liborchestra import events
+from liborchestra.errors import OrchestraError, SchedulerError
+from liborchestra.schedulers.base import Allocation, Scheduler
+from liborchestra.slots import WALLTIME_MARGIN, SlotPool
+
+log = logging.getLogger(__name__)
+Ended = Callable[[Allocation, str], Awaitable[None]]
+
+
+class Allocator:
+    def __init__(self, scheduler: Scheduler, slots: SlotPool,
+                 emit: Callable[[events.Event], None], on_ended: Ended) -> None:
+        spec = scheduler.profile.scheduler
+        self.scheduler, self.slots, self.emit, self.on_ended = scheduler, slots, emit, on_ended
+        self.max_allocations = spec.max_allocations
+        self.idle_timeout = spec.idle_timeout
+        self.poll_interval = spec.poll_interval
+        self.walltime = spec.walltime
+        self.live: dict[str, Allocation] = {}
+        self._pending = 0
+        self._idle_since: dict[str, float] = {}
+        self._wake = anyio.Event()
+        self._failures = 0
+        self._retry_at = 0.0
+        slots.on_wait = self.wake
+
+    def wake(self) -> None:
+        """Something changed (work arrived): reconsider now rather than at the next tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The allocation loop; runs until cancelled."""
+        async with anyio.create_task_group() as tg:
+            last_poll = anyio.current_time()
+            while True:
+                now = anyio.current_time()
+                if self.live and now - last_poll >= self.poll_interval:
+                    last_poll = now
+                    await self._poll()
+                await self._give_back_idle(now)
+                walltime = self._wanted(now)
+                if walltime is not None:
+                    self._pending += 1
+                    tg.start_soon(self._allocate, walltime)
+                with anyio.move_on_after(min(1.0, self.poll_interval)):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+
+    def _wanted(self, now: float) -> float | None | bool:
+        """The walltime of a new allocation to ask for now, or None for no request."""
+        if self._pending or not self.slots.waiting:
+            return None
+        if self._failures and now < self._retry_at:
+            return None
+        renewing = [a for a in self.live.values() if self._expiring(a, now)]
+        if len(self.live) - len(renewing) >= self.max_allocations:
+            return None
+        need = self.slots.unfit_duration()
+        if need is not None:
+            return max(self.walltime or 0.0, need + 2 * WALLTIME_MARGIN)
+        return self.walltime or 0.0
+
+    def _expiring(self, allocation: Allocation, now: float) -> bool:
+        if allocation.ends_at is None or allocation.duration is None:
+            return False
+        return allocation.ends_at - now < max(2 * WALLTIME_MARGIN, 0.1 * allocation.duration)
+
+    async def _allocate(self, walltime: float) -> None:
+        self.emit(events.AllocationRequested(self.scheduler.kind))
+        try:
+            allocation = await self.scheduler.allocate(walltime or None)
+        except OrchestraError as error:
+            self._pending -= 1
+            await self._failed(error)
+            return
+        self._pending -= 1
+        self._failures = 0
+        self.live[allocation.id] = allocation
+        await self.slots.add(allocation)
+        self.emit(events.AllocationGranted(
+            allocation.id, tuple(n.name for n in allocation.nodes), allocation.slots,
+            allocation.ends_at))
+        self.wake()
+
+    async def _failed(self, error: OrchestraError) -> None:
+        """No live allocation: the waiting work fails with the scheduler's message.
+        Otherwise retry later, with backoff, and keep running on what is live."""
+        self._failures += 1
+        self._retry_at = anyio.current_time() + min(60.0, 2.0 ** self._failures)
+        if not self.live:
+            await self.slots.fail(error if isinstance(error, SchedulerError)
+                                  else SchedulerError(str(error)))
+        else:
+            log.warning("allocation failed, running on %d live: %s", len(self.live), error)
+            self.emit(events.AllocationReleased("(request)", f"refused: {error}"))
+
+    async def _poll(self) -> None:
+        try:
+            ended = await self.scheduler.poll(list(self.live.values()))
+        except OrchestraError as error:
+            log.warning("polling %s failed: %s", self.scheduler.kind, error)
+            return
+        for allocation_id, reason in ended.items():
+            allocation = self.live.pop(allocation_id, None)
+            if allocation is not None:
+                await self._withdraw(allocation, reason)
+
+    async def _withdraw(self, allocation: Allocation, reason: str) -> None:
+        await self.slots.withdraw(allocation.id)
+        self._idle_since.pop(allocation.id, None)
+        await self.on_ended(allocation, reason)
+        self.emit(events.AllocationReleased(allocation.id, reason))
+        self.wake()
+
+    async def _give_back_idle(self, now: float) -> None:
+        for allocation in list(self.live.values()):
+            busy = self.slots.busy_in(allocation.id)
+            if busy or self.slots.waiting:
+                self._idle_since.pop(allocation.id, None)
+                continue
+            since = self._idle_since.setdefault(allocation.id, now)
+            expired = allocation.ends_at is not None and allocation.ends_at <= now
+            if now - since >= self.idle_timeout or expired:
+                del self.live[allocation.id]
+                await self.slots.withdraw(allocation.id)
+                await self._release(allocation)
+                self.emit(events.AllocationReleased(
+                    allocation.id, "ended" if expired else "idle"))
+
+    async def _release(self, allocation: Allocation) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+            try:
+                await self.scheduler.release(allocation)
+            except OrchestraError as error:
+                log.warning("releasing %s failed: %s", allocation.id, error)
+
+    async def release_all(self) -> None:
+        """Give every allocation back (engine shutdown), then let the scheduler sweep."""
+        with anyio.CancelScope(shield=True):
+            for allocation in list(self.live.values()):
+                await self._release(allocation)
+                self.emit(events.AllocationReleased(allocation.id, "engine closed"))
+            self.live.clear()
+            with anyio.move_on_after(60):
+                try:
+                    await self.scheduler.aclose()
+                except OrchestraError as error:
+                    log.warning("scheduler cleanup failed: %s", error)
