@@ -53,7 +53,9 @@ class Engine:
         self.leave = leave
         self.launcher = Launcher(LaunchSettings(
             profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
-            leave=leave, fetch_ignore=fetch_ignore), self.emit)
+            leave=leave, fetch_ignore=fetch_ignore,
+            execution=profile.scheduler.custom.execution if profile.scheduler.custom else ()),
+            self.emit)
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
         self._archives: dict[Path, CodeArchive] = {}

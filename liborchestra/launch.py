@@ -50,6 +50,7 @@ class LaunchSettings:
     env: tuple[tuple[str, str], ...] = ()
     leave: str = "code"
     fetch_ignore: str = ".fetchignore"
+    execution: tuple[str, ...] = ()  # legacy profiles: the commands that run the script
 
 
 class Launcher:
@@ -187,6 +188,8 @@ class Launcher:
         runner = "bash" if not _executable(execution.script) else ""
         command = " ".join(filter(None, [runner, shlex.quote("./" + script),
                                          *map(shlex.quote, execution.args)]))
+        if s.execution:
+            command = _legacy_execution(s.execution, execution.args)
         return "\n".join([
             f"cd {run} || exit {_SETUP_FAILED}",
             f"exec > {INTERNAL}/stdout 2> {INTERNAL}/stderr",
@@ -225,6 +228,16 @@ class Launcher:
                     await shell.run("rm -rf " + " ".join(folders[start:start + 200]))
                 except SSHError as error:
                     log.warning("could not remove run folders on %s: %s", shell.name, error)
+
+
+def _legacy_execution(lines: tuple[str, ...], args: tuple[str, ...]) -> str:
+    """A legacy profile's `execution` commands, with `$RUNAWAY_ARGUMENTS` expanded to the
+    arguments as separate, verbatim words (the original split them on spaces)."""
+    argv = "RUNAWAY_ARGV=(" + " ".join(map(shlex.quote, args)) + ")"
+    words = '"${RUNAWAY_ARGV[@]}"'
+    body = [line.replace("${RUNAWAY_ARGUMENTS}", words).replace("$RUNAWAY_ARGUMENTS", words)
+            for line in lines]
+    return "\n".join([argv, *body])
 
 
 def _drop(_: bytes) -> None:

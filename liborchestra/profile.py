@@ -289,4 +289,8 @@ def _load_text(text: str, source: str, name: str) -> Profile:
         raise ProfileError(source, where, f"invalid YAML: {problem}") from None
     if data is None:
         raise ProfileError(source, None, "the file is empty")
+    from liborchestra import legacy
+
+    if legacy.is_legacy(data):
+        return legacy.parse_legacy(data, source)
     return parse_profile(data, source, name)

@@ -39,6 +39,7 @@ class Endpoint:
     known_hosts: str | None = None
     config: tuple[str, ...] = ()
     jump: Endpoint | None = None
+    proxy_command: str | None = None  # as OpenSSH's ProxyCommand (legacy profiles)
 
     def __str__(self) -> str:
         user = f"{self.user}@" if self.user else ""
@@ -126,6 +127,8 @@ class HostPool:
             options["config"] = list(ep.config)
         if ep.jump is not None:
             options["tunnel"] = await self._pool.host(ep.jump).tunnel()
+        if ep.proxy_command:
+            options["proxy_command"] = ep.proxy_command
         with anyio.fail_after(self.limits.connect_timeout * 2):
             return await asyncssh.connect(
                 ep.host, keepalive_interval=self.limits.keepalive, keepalive_count_max=3,

@@ -18,6 +18,22 @@ def create_scheduler(profile: Profile, pool: SSHPool) -> Scheduler:
         from liborchestra.schedulers.hosts import HostsScheduler
 
         return HostsScheduler(profile, pool)
+    if kind == "slurm":
+        from liborchestra.schedulers.slurm import SlurmScheduler
+
+        return SlurmScheduler(profile, pool)
+    if kind == "sge":
+        from liborchestra.schedulers.sge import SGEScheduler
+
+        return SGEScheduler(profile, pool)
+    if kind == "pbs":
+        from liborchestra.schedulers.pbs import PBSScheduler
+
+        return PBSScheduler(profile, pool)
+    if kind == "custom":
+        from liborchestra.schedulers.custom import CustomScheduler
+
+        return CustomScheduler(profile, pool)
     raise ValueError(f"unknown scheduler kind {kind!r}")
 
 
