@@ -51,18 +51,24 @@ async def _steps(profile: Profile, engine: Engine, report: Callable[[CheckLine],
     try:
         allocations = await engine.allocate()
     except OrchestraError as error:
-        report(CheckLine("slots", False, str(error), time.perf_counter() - start))
+        report(CheckLine("allocation", False, str(error), time.perf_counter() - start))
         return
-    seconds = time.perf_counter() - start
+    ids = ", ".join(a.id for a in allocations)
+    report(CheckLine("allocation", True, f"{engine.scheduler.kind} granted {ids}",
+                     time.perf_counter() - start))
     nodes = [n for a in allocations for n in a.nodes]
     for node in nodes:
         if node.endpoint is not None and not await _host_ok(engine, node.endpoint, report):
-            return
-    for node in {n.filesystem: n for n in nodes}.values():
-        report(await _check_directory(engine.shell(node), profile.directory))
-    slots = sum(len(n.handles) for n in nodes)
-    detail = ", ".join(f"{n.name}: {len(n.handles)}" for n in nodes)
-    report(CheckLine("slots", slots > 0, f"{slots} on {len(nodes)} node(s) ({detail})", seconds))
+            break
+    else:
+        for node in {n.filesystem: n for n in nodes}.values():
+            report(await _check_directory(engine.shell(node), profile.directory))
+        slots = sum(len(n.handles) for n in nodes)
+        detail = ", ".join(f"{n.name}: {len(n.handles)}" for n in nodes)
+        report(CheckLine("slots", slots > 0, f"{slots} on {len(nodes)} node(s) ({detail})", 0.0))
+    start = time.perf_counter()
+    await engine.allocator.release_all()
+    report(CheckLine("released", True, ids, time.perf_counter() - start))
 
 
 async def _host_ok(engine: Engine, endpoint: Endpoint,

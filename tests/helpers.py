@@ -69,3 +69,13 @@ def _remote_dir() -> str:
 
 def load(path: Path) -> Profile:
     return load_profile(str(path))
+
+
+def slurm_profile(testbed, tmp: Path, reach: str = "ssh", **scheduler) -> Path:
+    """Slurm on the test bed: commands on `login`, nodes through it (ssh) or by srun steps."""
+    return write_profile(tmp / "profiles", f"slurm-{reach}", {
+        "ssh": ssh_options(testbed, host="login"),
+        "scheduler": {"kind": "slurm", "nodes": 1, "walltime": "10m",
+                      "options": ["--exclusive"], **scheduler},
+        "reach": reach,
+        "directory": _remote_dir()})

@@ -1,0 +1,240 @@
+"""Slurm on the real test bed: allocations, both reach modes, elasticity, walltime, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import anyio
+import pytest
+
+from liborchestra import Engine, Execution, State, events
+from tests.helpers import load, slurm_profile, write_script
+
+ENV_SCRIPT = """\
+#!/usr/bin/env bash
+echo "host=$(hostname) node=$RUNAWAY_NODE_ID handle=$RUNAWAY_HANDLE_ID \
+handles=${RUNAWAY_HANDLES// /,} nodes=${RUNAWAY_NODES// /,} gpu=${CUDA_VISIBLE_DEVICES:-none}"
+sleep "${1:-0}"
+"""
+
+
+def run(coro):
+    return anyio.run(lambda: coro, backend="asyncio")
+
+
+def our_jobs(testbed) -> list[str]:
+    out = testbed.ssh("login", "squeue -h -u $USER -o '%i %j %T'", check=True).stdout
+    return [line for line in out.splitlines() if "orchestra-" in line]
+
+
+def our_processes(testbed, marker: str) -> list[str]:
+    return [p for node in testbed.nodes for p in testbed.procs(node) if marker in p]
+
+
+def parse(stdout: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in stdout.split())
+
+
+@pytest.mark.parametrize("reach", ["ssh", "srun"])
+def test_exec_runs_on_a_real_node_and_slot(testbed, tmp_path, reach):
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile = slurm_profile(testbed, tmp_path, reach=reach, nodes=2)
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = parse(done.stdout)
+    assert seen["host"] == seen["node"] and seen["node"] in testbed.nodes
+    assert seen["handles"] == "0,1,2,3"  # 4 CPUs per node, --exclusive
+    assert seen["handle"] in seen["handles"].split(",")
+    nodes = seen["nodes"].split(",")
+    assert len(nodes) == 2 and seen["node"] in nodes
+    assert our_jobs(testbed) == []
+
+
+def test_nodes_and_handles_are_the_granted_ones(testbed, tmp_path):
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile = load(slurm_profile(testbed, tmp_path, nodes=2))
+
+    async def main():
+        async with Engine(profile) as engine:
+            results = await asyncio.gather(*[
+                engine.submit(Execution(script, ["1"], output=tmp_path / f"o{i}"))
+                for i in range(8)])
+            return results, list(engine.allocator.live.values())
+
+    results, live = run(main())
+    assert all(r.ok for r in results)
+    pairs = set()
+    for i in range(8):
+        seen = parse((tmp_path / f"o{i}/stdout").read_text())
+        assert seen["host"] == seen["node"]
+        assert seen["handles"] == "0,1,2,3"  # 4 CPUs per node
+        pairs.add((seen["node"], seen["handle"]))
+    assert len(pairs) == 8  # 8 slots, 8 concurrent executions: each its own
+
+
+@pytest.mark.parametrize("reach, sig", [("ssh", signal.SIGINT), ("srun", signal.SIGTERM),
+                                        ("ssh", signal.SIGTERM)])
+def test_interrupt_leaves_no_job_and_no_process(testbed, tmp_path, reach, sig):
+    marker = f"sleep-{uuid.uuid4().hex[:8]}"
+    script = write_script(tmp_path / "code", "slow.sh", f"""\
+        echo started
+        bash -c 'exec -a {marker} sleep 300' &
+        bash -c 'exec -a {marker} sleep 300'
+        """)
+    profile = slurm_profile(testbed, tmp_path, reach=reach)
+    proc = subprocess.Popen([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        deadline = time.monotonic() + 20
+        while len(our_processes(testbed, marker)) < 2:
+            assert time.monotonic() < deadline, "the script never showed on a node"
+            time.sleep(0.1)
+        assert our_jobs(testbed)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 128 + sig
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert our_processes(testbed, marker) == []
+    assert our_jobs(testbed) == []
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_allocation_cancelled_outside_is_noticed_and_replaced(testbed, tmp_path):
+    marker = f"sleep-{uuid.uuid4().hex[:8]}"
+    slow = write_script(tmp_path / "code", "slow.sh", f"exec -a {marker} sleep 120\n")
+    quick = write_script(tmp_path / "code", "quick.sh", "hostname\n")
+    profile = load(slurm_profile(testbed, tmp_path, poll_interval="1s"))
+    seen: list[events.Event] = []
+
+    async def main():
+        async with Engine(profile, listeners=[seen.append]) as engine:
+            future = engine.submit(Execution(slow))
+            while not our_processes(testbed, marker):
+                await anyio.sleep(0.2)
+            (job,) = list(engine.allocator.live)
+            cancelled = time.monotonic()
+            testbed.ssh("login", f"scancel {job}", check=True)
+            lost = await future
+            noticed = time.monotonic() - cancelled
+            again = await engine.submit(Execution(quick))
+            return job, lost, noticed, again, list(engine.allocator.live)
+
+    job, lost, noticed, again, live = run(main())
+    assert lost.state is State.LOST and f"allocation {job} ended" in lost.message
+    assert "CANCELLED" in lost.message
+    assert noticed < 10
+    assert again.ok and live and live[0] != job
+    assert our_processes(testbed, marker) == []  # started over SSH: the engine killed it
+    assert our_jobs(testbed) == []
+
+
+def test_work_waits_for_an_allocation_long_enough(testbed, tmp_path):
+    """Walltime 1 minute, executions declaring 2 minutes: they get a fitting allocation."""
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile = load(slurm_profile(testbed, tmp_path, walltime="1m", max_allocations=2))
+    granted: list[events.AllocationGranted] = []
+
+    def listen(event):
+        if isinstance(event, events.AllocationGranted):
+            granted.append((event, anyio.current_time()))
+
+    async def main():
+        async with Engine(profile, listeners=[listen]) as engine:
+            short = await engine.submit(Execution(script))
+            long = await asyncio.gather(*[engine.submit(Execution(script, duration=120))
+                                          for _ in range(2)])
+            return short, long
+
+    short, long = run(main())
+    assert short.ok and all(r.ok for r in long)
+    lengths = {g.allocation: g.ends_at - t for g, t in granted}
+    assert min(lengths.values()) < 61  # the profile's 1-minute allocation
+    fitting = [a for a, left in lengths.items() if left >= 150]
+    assert fitting, lengths
+    placed = {r.node for r in long}
+    assert placed and our_jobs(testbed) == []
+
+
+def test_elastic_growth_and_idle_give_back(testbed, tmp_path):
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile = load(slurm_profile(testbed, tmp_path, max_allocations=3, idle_timeout="2s",
+                                 poll_interval="1s"))
+    seen: list[events.Event] = []
+
+    async def main():
+        async with Engine(profile, listeners=[seen.append]) as engine:
+            results = await asyncio.gather(*[engine.submit(Execution(script, ["2"]))
+                                             for _ in range(12)])
+            await anyio.sleep(4)
+            return results, len(engine.allocator.live)
+
+    results, live_after_idle = run(main())
+    assert all(r.ok for r in results)
+    granted = [e for e in seen if isinstance(e, events.AllocationGranted)]
+    assert 2 <= len(granted) <= 3  # one node of 4 slots each; 12 executions wait
+    assert len({r.node for r in results}) >= 2
+    idle = [e for e in seen if isinstance(e, events.AllocationReleased) and e.reason == "idle"]
+    assert idle and live_after_idle == 0
+    assert our_jobs(testbed) == []
+
+
+@pytest.mark.parametrize("option, words", [
+    ("--partition=nosuchpartition", "invalid partition"),
+    ("--nodes=5", "Node count specification invalid"),
+    ("--time=2-00:00:00 --partition=short", "time limit"),
+])
+def test_refused_allocation_is_one_clear_error_within_seconds(testbed, tmp_path, option, words):
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile = slurm_profile(testbed, tmp_path, options=option.split())
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 15
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert words.lower() in done.stderr.lower(), done.stderr
+    assert "allocation refused" in done.stderr
+    assert our_jobs(testbed) == []
+
+
+def test_gpu_slots_get_their_own_device(testbed, tmp_path):
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile_path = slurm_profile(testbed, tmp_path, gpus=2)
+    text = profile_path.read_text().replace("directory:", "slots: gpus\ndirectory:")
+    profile_path.write_text(text)
+    profile = load(profile_path)
+
+    async def main():
+        async with Engine(profile) as engine:
+            return await asyncio.gather(*[
+                engine.submit(Execution(script, ["1"], output=tmp_path / f"o{i}"))
+                for i in range(2)])
+
+    results = run(main())
+    assert all(r.ok for r in results)
+    gpus = [parse((tmp_path / f"o{i}/stdout").read_text())["gpu"] for i in range(2)]
+    assert sorted(gpus) == ["0", "1"]
+
+
+@pytest.mark.parametrize("name", ["testbed-slurm", "testbed-srun"])
+def test_repository_testbed_profiles_run(testbed, tmp_path, name):
+    """The profiles shipped in profiles/ work by name from the repository root."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", name, "examples/hello.sh",
+                           "-o", str(tmp_path / "out"), "--", "bed"],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("hello bed from node")
+    assert (tmp_path / "out/greeting.txt").read_text() == "bed\n"
+    assert our_jobs(testbed) == []
