@@ -16,7 +16,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import exec_throughput  # noqa: E402
+from bench import exec_throughput, first_output  # noqa: E402
 from tests.conftest import load_testbed  # noqa: E402
 
 
@@ -28,12 +28,14 @@ def main() -> None:
     rows = []
     n, repeats = (200, 1) if options.quick else (600, 3)
     rows += exec_throughput.run(testbed, n=n, repeats=repeats)
-    table = Table(title="orchestra benchmarks (medians; ratio = ours / peer)")
+    rows += first_output.run(testbed, repeats=3 if options.quick else 7)
+    table = Table(title="orchestra benchmarks (medians; ratio = this row / the peer row)")
     for column in ("benchmark", "tool", "value", "unit", "ratio", "driver CPU ms/exec"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["benchmark"], row["tool"], f"{row['value']:.1f}", row["unit"],
-                      f"{row['ratio']:.2f}", f"{row['cpu_ms']:.2f}")
+        cpu = row.get("cpu_ms")
+        table.add_row(row["benchmark"], row["tool"], f"{row['value']:.3g}", row["unit"],
+                      f"{row['ratio']:.2f}", "" if cpu is None else f"{cpu:.2f}")
     Console().print(table)
 
 
