@@ -195,6 +195,15 @@ class Engine:
                     build_archive, folder, self.send_ignore)
             return self._archives[folder]
 
+    async def recover(self, execution: Execution, node: str,
+                      slot: str | None = None) -> Result | None:
+        """The result of a run an earlier driver started on `node` (resume), or None."""
+        shell = self.shell(self.scheduler.reach(node))
+        result = await self.launcher.recover(shell, execution, node, slot)
+        if result is not None:
+            self.emit(events.ExecutionFinished(result))
+        return result
+
     async def allocate(self) -> list[Allocation]:
         """Wait for an allocation (for checks) and return the live ones."""
         while not self.allocator.live:

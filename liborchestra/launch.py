@@ -75,23 +75,39 @@ class Launcher:
         except (SSHError, LaunchError) as error:
             return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
                           started=started, finished=anyio.current_time(), message=str(error))
-        ecode_text = record.get("ecode", b"").strip()
-        finished = anyio.current_time()
-        if not ecode_text.lstrip(b"-").isdigit():
-            return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
-                          output=execution.output, started=started, finished=finished,
-                          message="the script ended without recording an exit code")
-        ecode = int(ecode_text)
-        return Result(execution, State.COMPLETED if ecode == 0 else State.FAILED, ecode=ecode,
-                      node=slot.node.name, slot=slot.handle, output=execution.output,
-                      started=started, finished=finished)
+        return _result(execution, record, slot.node.name, slot.handle, started)
+
+    async def recover(self, shell: Shell, execution: Execution, node: str,
+                      slot: str | None = None) -> Result | None:
+        """The result of a run started by an earlier driver (resume): waits for it if it still
+        runs. None when there is nothing to recover (no run folder, no exit code)."""
+        rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
+        started = anyio.current_time()
+        try:
+            sink = await self._reattach(shell, execution,
+                                        pack_command(self.run_dir(execution), rules))
+            record = self._store(shell, execution, sink)
+        except (SSHError, LaunchError):
+            return None
+        if not record.get("ecode", b"").strip():
+            return None
+        return _result(execution, record, node, slot, started)
+
+    def _store(self, shell: Shell, execution: Execution, sink: ResultSink) -> dict[str, bytes]:
+        """Unpack fetched results into the output folder, then queue the run folder's removal."""
+        if execution.output is not None:
+            execution.output.mkdir(parents=True, exist_ok=True)
+            (execution.output / OUTPUT_MARKER).touch()
+        record = sink.unpack(execution.output)
+        if execution.output is not None:
+            for name in ("stdout", "stderr", "ecode"):
+                (execution.output / name).write_bytes(record.get(name, b""))
+        self.discard(shell, execution)
+        return record
 
     async def _run_and_fetch(self, shell: Shell, slot: Slot, execution: Execution,
                              archive: CodeArchive) -> dict[str, bytes]:
         rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
-        if execution.output is not None:
-            execution.output.mkdir(parents=True, exist_ok=True)
-            (execution.output / OUTPUT_MARKER).touch()
         sink = ResultSink()
         pack = pack_command(self.run_dir(execution), rules)
         start = self.start_command(slot, execution, archive)
@@ -113,12 +129,7 @@ class Launcher:
             detail = b"".join(errors).decode(errors="replace").strip()
             raise LaunchError(f"{shell.name}: could not prepare or pack the run folder of "
                               f"{execution.uuid} (status {status}): {detail}")
-        record = sink.unpack(execution.output)
-        if execution.output is not None:
-            for name in ("stdout", "stderr", "ecode"):
-                (execution.output / name).write_bytes(record.get(name, b""))
-        self.discard(shell, execution)
-        return record
+        return self._store(shell, execution, sink)
 
     async def _stream(self, shell: Shell, execution: Execution, start: str) -> int:
         def out(data: bytes) -> None:
@@ -228,6 +239,20 @@ class Launcher:
                     await shell.run("rm -rf " + " ".join(folders[start:start + 200]))
                 except SSHError as error:
                     log.warning("could not remove run folders on %s: %s", shell.name, error)
+
+
+def _result(execution: Execution, record: dict[str, bytes], node: str, slot: str | None,
+            started: float) -> Result:
+    ecode_text = record.get("ecode", b"").strip()
+    finished = anyio.current_time()
+    if not ecode_text.lstrip(b"-").isdigit():
+        return Result(execution, State.LOST, node=node, slot=slot, output=execution.output,
+                      started=started, finished=finished,
+                      message="the script ended without recording an exit code")
+    ecode = int(ecode_text)
+    return Result(execution, State.COMPLETED if ecode == 0 else State.FAILED, ecode=ecode,
+                  node=node, slot=slot, output=execution.output, started=started,
+                  finished=finished)
 
 
 def _legacy_execution(lines: tuple[str, ...], args: tuple[str, ...]) -> str:

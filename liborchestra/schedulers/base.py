@@ -80,6 +80,13 @@ class Scheduler(abc.ABC):
                         user=ssh.user, identities=ssh.identity, known_hosts=ssh.known_hosts,
                         config=ssh.config, jump=jump)
 
+    def reach(self, name: str) -> Node:
+        """How to reach a node by name outside any allocation (to recover a run on resume)."""
+        login = self.login()
+        filesystem = "cluster" if self.profile.shared_filesystem else name
+        return Node(name=name, endpoint=self.endpoint(name, jump=login), filesystem=filesystem,
+                    handles=())
+
     def login(self) -> Endpoint | None:
         """The profile's login host, if it has one."""
         ssh = self.profile.ssh

@@ -64,12 +64,14 @@ def forwarded_environment() -> dict[str, str]:
 
 def script(commands: tuple[str, ...], env: dict[str, str], mark: str) -> str:
     """Bash text: the exports, then each command followed by a snapshot of RUNAWAY_* on fd 3
-    (`mark index status` then NAME=value, NUL-separated); stops at the first failure."""
+    (`mark index status` then NAME=value, NUL-separated); stops at the first failure. Each
+    command runs in the current shell (its exports stay) but without fd 3, so a process it
+    leaves in the background cannot hold the snapshots' pipe open."""
     lines = ["exec 3>&1 1>&2"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items() if _VARIABLE.fullmatch(k)]
     for index, command in enumerate(commands):
         lines += [
-            command,
+            "{ :", command, "} 3>&-",
             f"__s=$?; {{ printf '%s\\0' \"{mark} {index} $__s\"; for __v in $(compgen -v "
             "RUNAWAY_); do printf '%s=%s\\0' \"$__v\" \"${!__v}\"; done; } >&3; "
             "[ $__s -eq 0 ] || exit $__s",
@@ -206,10 +208,11 @@ class CustomScheduler(Scheduler):
             ident = f"custom-{next(self._ids)}"
         self._variables[ident] = variables
         gpus = self.profile.slots == "gpus"
-        filesystem = "cluster" if self.profile.shared_filesystem else None
+        shared = self.profile.shared_filesystem
         return Allocation(
             id=ident,
-            nodes=tuple(Node(name=name, endpoint=endpoint, filesystem=filesystem or name,
+            nodes=tuple(Node(name=name, endpoint=endpoint,
+                             filesystem="cluster" if shared else name,
                              handles=handles[name], gpus=gpus) for name, endpoint in nodes),
             ends_at=None if duration is None else granted + duration, duration=duration)
 

@@ -43,5 +43,11 @@ class HostsScheduler(Scheduler):
                 tg.start_soon(probe, i)
         return Allocation(id="hosts", nodes=tuple(n for n in nodes if n is not None))
 
+    def reach(self, name: str) -> Node:
+        port = next((h.port for h in self.profile.scheduler.hosts if h.host == name), None)
+        filesystem = "shared" if self.profile.shared_filesystem else name
+        return Node(name=name, endpoint=self.endpoint(name, port, self.login()),
+                    filesystem=filesystem, handles=())
+
     async def release(self, allocation: Allocation) -> None:
         return None

@@ -19,5 +19,8 @@ class LocalScheduler(Scheduler):
                     gpus=self.profile.slots == "gpus")
         return Allocation(id="local", nodes=(node,))
 
+    def reach(self, name: str) -> Node:
+        return Node(name=name, endpoint=None, filesystem="local", handles=())
+
     async def release(self, allocation: Allocation) -> None:
         return None
