@@ -58,7 +58,7 @@ class Engine:
             self.emit)
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
-        self._archives: dict[Path, CodeArchive] = {}
+        self._archives: dict[tuple, CodeArchive] = {}
         self._archive_lock = anyio.Lock()
         self._running: dict[str, list[_Running]] = {}  # allocation id -> executions on it
         self._tg: anyio.abc.TaskGroup | None = None
@@ -165,7 +165,7 @@ class Engine:
                 future.cancel()
 
     async def _place(self, execution: Execution, running: _Running) -> Result:
-        archive = await self._archive(execution.code_dir)
+        archive = await self._archive(execution.code_dir, execution.ship)
         slot = await self.slots.acquire(execution.duration)
         running.node = slot.node.name
         on_allocation = self._running.setdefault(slot.allocation.id, [])
@@ -188,12 +188,19 @@ class Engine:
             running.lost = f"allocation {allocation.id} ended: {reason}"
             running.scope.cancel()
 
-    async def _archive(self, folder: Path) -> CodeArchive:
+    async def _archive(self, folder: Path,
+                       ship: tuple[tuple[str, Path], ...] = ()) -> CodeArchive:
+        key = (folder, ship)
         async with self._archive_lock:
-            if folder not in self._archives:
-                self._archives[folder] = await anyio.to_thread.run_sync(
-                    build_archive, folder, self.send_ignore)
-            return self._archives[folder]
+            if key not in self._archives:
+                self._archives[key] = await anyio.to_thread.run_sync(
+                    build_archive, folder, self.send_ignore, ship)
+            return self._archives[key]
+
+    async def release_stale(self, allocation_id: str) -> None:
+        """Release an allocation an earlier driver left behind (known by id only)."""
+        with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
+            await self.scheduler.release(Allocation(id=allocation_id, nodes=()))
 
     async def recover(self, execution: Execution, node: str,
                       slot: str | None = None) -> Result | None:

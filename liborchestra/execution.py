@@ -39,6 +39,7 @@ class Execution:
     duration: float | None = None  # expected seconds, for walltime-aware placement
     env: tuple[tuple[str, str], ...] = ()
     stream: bool = False  # forward stdout/stderr live as events
+    ship: tuple[tuple[str, Path], ...] = ()  # extra folders shipped with the code, by name
 
     @property
     def code_dir(self) -> Path:

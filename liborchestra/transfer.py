@@ -83,14 +83,20 @@ class CodeArchive:
         return f"{self.digest}.tar"
 
 
-def build_archive(folder: Path, ignore_file: str = ".sendignore") -> CodeArchive:
-    """Tar `folder` deterministically (sorted, no times or owners) and hash it."""
+def build_archive(folder: Path, ignore_file: str = ".sendignore",
+                  extra: tuple[tuple[str, Path], ...] = ()) -> CodeArchive:
+    """Tar `folder` deterministically (sorted, no times or owners) and hash it; `extra`
+    folders (e.g. a sweep's config files) are added under the given names."""
     folder = folder.resolve()
     rules = IgnoreRules.read(folder / ignore_file)
     buffer = io.BytesIO()
     count = 0
+    entries = [*_walk(folder, rules)]
+    for name, path in extra:
+        entries.append((name, path, True))
+        entries += [(f"{name}/{rel}", p, d) for rel, p, d in _walk(path.resolve(), IgnoreRules())]
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for relpath, path, is_dir in _walk(folder, rules):
+        for relpath, path, is_dir in entries:
             info = tarfile.TarInfo(relpath)
             mode = path.lstat().st_mode
             info.mode = stat.S_IMODE(mode) | 0o200

@@ -7,8 +7,6 @@ execution; 130/143 after Ctrl-C/SIGTERM (remote processes killed first).
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +17,8 @@ from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution, State
 from liborchestra.profile import LEAVE, load_profile
+from runaway import batch_cmd
+from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
 EXIT_USAGE, EXIT_LOST = 2, 3
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="check that a profile is usable",
                         description="Reachability, host keys, auth, remote directory, slots.")
     ck.add_argument("profile")
+    batch_cmd.add_parsers(sub, _shared)
     return top
 
 
@@ -69,13 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, tail = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
-    if hasattr(args, "args"):
+    if args.command == "exec":
         args.args = [*args.args, *tail]
     renderer = Renderer(verbose=args.verbose)
+    commands = {"exec": _exec, "check": _check, "batch": batch_cmd.batch,
+                "retry": batch_cmd.retry, "cancel": batch_cmd.cancel}
     try:
-        if args.command == "exec":
-            return anyio.run(_with_signals, _exec, args, renderer, backend="asyncio")
-        return anyio.run(_with_signals, _check, args, renderer, backend="asyncio")
+        if args.command == "status":
+            return batch_cmd.status(args, renderer)
+        if hasattr(args, "template"):
+            args.template = [*args.template, *tail]
+        interrupts = Interrupts(renderer)
+        return anyio.run(interrupts.run, commands[args.command], args, renderer,
+                         backend="asyncio")
     except OrchestraError as error:
         renderer.error(str(error))
         return EXIT_USAGE
@@ -83,39 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-async def _with_signals(command, args: argparse.Namespace, renderer: Renderer) -> int:
-    """Run `command`; the first SIGINT/SIGTERM cancels it (cleanup runs), the second exits."""
-    outcome: dict[str, int] = {}
-    failure: list[OrchestraError] = []
-    async with anyio.create_task_group() as tg:
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    if "signal" in outcome:
-                        renderer.error("interrupted again: exiting without cleanup")
-                        os._exit(128 + signum)
-                    outcome["signal"] = signum
-                    renderer.note("interrupted: killing remote processes and cleaning up "
-                                  "(again to exit at once)")
-                    tg.cancel_scope.cancel()
-
-        async def work() -> None:
-            try:
-                outcome["code"] = await command(args, renderer)
-            except OrchestraError as error:
-                failure.append(error)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        tg.start_soon(work)
-    if "signal" in outcome:
-        return 128 + outcome["signal"]
-    if failure:
-        raise failure[0]
-    return outcome["code"]
-
-
-async def _exec(args: argparse.Namespace, renderer: Renderer) -> int:
+async def _exec(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> int:
     script = args.script
     if not script.is_file():
         raise OrchestraError(f"{script}: no such script")
@@ -141,7 +116,7 @@ async def _exec(args: argparse.Namespace, renderer: Renderer) -> int:
     return result.ecode if result.ecode is not None else EXIT_LOST
 
 
-async def _check(args: argparse.Namespace, renderer: Renderer) -> int:
+async def _check(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> int:
     profile = load_profile(args.profile)
     ok = await check_profile(profile, renderer.check)
     return 0 if ok else 1

@@ -72,8 +72,8 @@ def script(commands: tuple[str, ...], env: dict[str, str], mark: str) -> str:
     for index, command in enumerate(commands):
         lines += [
             "{ :", command, "} 3>&-",
-            f"__s=$?; {{ printf '%s\\0' \"{mark} {index} $__s\"; for __v in $(compgen -v "
-            "RUNAWAY_); do printf '%s=%s\\0' \"$__v\" \"${!__v}\"; done; } >&3; "
+            f"__s=$?; {{ printf '%s\\0' \"{mark} {index} $__s\"; compgen -v RUNAWAY_ | "
+            "while IFS= read -r __v; do printf '%s=%s\\0' \"$__v\" \"${!__v}\"; done; } >&3; "
             "[ $__s -eq 0 ] || exit $__s",
         ]
     return "\n".join(lines) + "\n"
@@ -199,9 +199,10 @@ class CustomScheduler(Scheduler):
             granted = anyio.current_time()
             handles = await self._all_handles(nodes, variables)
         except BaseException:
-            if run.variables is not None:  # something was done: undo it
+            made = {k: v for k, v in (run.variables or {}).items() if v and env.get(k) != v}
+            if made:  # the commands set something (a job id): undo what they did
                 with anyio.CancelScope(shield=True), anyio.move_on_after(60):
-                    await self._cancel_quietly(run.variables, "(refused request)")
+                    await self._cancel_quietly(run.variables, "a failed request")
             raise
         ident = variables.get("RUNAWAY_JOB_ID", "").strip()
         if not ident or ident in self._variables:
@@ -287,7 +288,7 @@ class CustomScheduler(Scheduler):
         for ident in ended:
             variables = self._variables.pop(ident, None)
             if variables is not None:
-                await self._cancel_quietly(variables, ident)
+                await self._cancel_quietly(variables, f"allocation {ident}")
         return ended
 
     async def release(self, allocation: Allocation) -> None:
@@ -295,7 +296,7 @@ class CustomScheduler(Scheduler):
         if variables is None:  # unknown, or released already
             return
         try:
-            await self._cancel(variables, allocation.id)
+            await self._cancel(variables, f"allocation {allocation.id}")
         except SSHError:
             self._variables[allocation.id] = variables  # unreachable: aclose tries again
             raise
@@ -303,20 +304,20 @@ class CustomScheduler(Scheduler):
     async def aclose(self) -> None:
         for ident, variables in list(self._variables.items()):
             del self._variables[ident]
-            await self._cancel_quietly(variables, ident)
+            await self._cancel_quietly(variables, f"allocation {ident}")
 
-    async def _cancel(self, variables: dict[str, str], ident: str) -> None:
+    async def _cancel(self, variables: dict[str, str], what: str) -> None:
         run = ScriptRun("cancel_allocation", self._frontend, self.commands.cancel_allocation)
         await self._run(run, variables, self._login)
         problem = run.failure()
         if problem:
-            raise SchedulerError(f"{problem} (allocation {ident})")
+            raise SchedulerError(f"{problem} (cancelling {what})")
 
-    async def _cancel_quietly(self, variables: dict[str, str], ident: str) -> None:
+    async def _cancel_quietly(self, variables: dict[str, str], what: str) -> None:
         try:
-            await self._cancel(variables, ident)
+            await self._cancel(variables, what)
         except OrchestraError as error:
-            log.warning("cancelling %s failed: %s", ident, error)
+            log.warning("%s", error)
 
 
 async def _read(reader: object, into: list[bytes]) -> None:

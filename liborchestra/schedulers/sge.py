@@ -176,7 +176,7 @@ class SGEScheduler(Scheduler):
                 return self._allocation(job, hosts, walltime, float(now_text) - start)
             state = parse_qstat(qstat).get(job)
             if state is None or "d" in state:
-                reason = (await self._final_states([job])).get(job) or "gone from qstat"
+                reason = (await self._final_states([job])).get(job) or _gone(state)
                 raise SchedulerError(f"sge on {self.host}: holder job {job} ended before "
                                      f"it ran: {reason}")
             if "E" in state:

@@ -1,0 +1,159 @@
+"""Progress of a batch for people (a rich live view, or plain lines when not a terminal) and
+for scripts (`--json`: one JSON object per line). Counts come from the journal, so the view
+costs the same for 100 or 100,000 executions."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from liborchestra import events
+from liborchestra.engine import Engine
+from liborchestra.journal import Journal
+
+STATES = ("completed", "failed", "lost", "running", "queued", "cancelled")
+
+
+class Progress:
+    def __init__(self, journal: Journal, engine: Engine, mode: str, console: Console) -> None:
+        self.journal, self.engine, self.mode, self.console = journal, engine, mode, console
+        self.start = time.monotonic()
+        self._done: deque[tuple[float, int]] = deque(maxlen=120)
+        self._live: Live | None = None
+        self._last_line = 0.0
+        self.total = sum(journal.counts().values())
+
+    def event(self, event: events.Event) -> None:
+        if self.mode == "json":
+            print(json.dumps(_as_json(event)), flush=True)
+
+    def __enter__(self) -> Progress:
+        if self.mode == "live":
+            self._live = Live(self._view(), console=self.console, refresh_per_second=4,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._view())
+            self._live.__exit__(*exc)
+
+    def refresh(self) -> None:
+        """Called twice a second by the driver."""
+        counts = self.journal.counts()
+        finished = counts.get("completed", 0) + counts.get("failed", 0) + counts.get("lost", 0)
+        self._done.append((time.monotonic(), finished))
+        if self._live is not None:
+            self._live.update(self._view(counts))
+        elif self.mode == "plain" and time.monotonic() - self._last_line >= 5:
+            self._last_line = time.monotonic()
+            self.console.print(self._line(counts), highlight=False)
+
+    def rate(self) -> float:
+        if len(self._done) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._done[0], self._done[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def _eta(self, counts: dict[str, int]) -> str:
+        left = counts.get("queued", 0) + counts.get("running", 0)
+        rate = self.rate()
+        if not left:
+            return "-"
+        return _clock(left / rate) if rate > 0 else "?"
+
+    def _line(self, counts: dict[str, int]) -> str:
+        slots = self.engine.slots
+        parts = [f"{s} {counts.get(s, 0)}" for s in STATES if counts.get(s)]
+        return (f"[{_clock(time.monotonic() - self.start)}] {', '.join(parts)} of {self.total}; "
+                f"slots {slots.busy()}/{slots.total()}; {self.rate():.1f}/s; "
+                f"eta {self._eta(counts)}")
+
+    def _view(self, counts: dict[str, int] | None = None):
+        counts = counts if counts is not None else self.journal.counts()
+        now = time.monotonic()
+        allocations = Table.grid(padding=(0, 2))
+        loop = anyio_now()
+        for allocation in self.engine.allocator.live.values():
+            left = "" if allocation.ends_at is None else _clock(allocation.ends_at - loop)
+            nodes = ", ".join(n.name for n in allocation.nodes)
+            allocations.add_row(f"allocation {allocation.id}", nodes,
+                                f"{allocation.slots} slots", f"{left} left" if left else "")
+        if self.engine.allocator._pending:
+            allocations.add_row("allocation", "pending", "", "")
+        slots = self.engine.slots
+        bar = Text.assemble(
+            ("done ", "bold"), (f"{counts.get('completed', 0)} ", "green"),
+            ("failed ", "bold"), (f"{counts.get('failed', 0)} ", "red"),
+            ("lost ", "bold"), (f"{counts.get('lost', 0)} ", "yellow"),
+            ("running ", "bold"), (f"{counts.get('running', 0)} ", "cyan"),
+            ("queued ", "bold"), (f"{counts.get('queued', 0)} ", ""),
+            (f"of {self.total}   slots {slots.busy()}/{slots.total()}   "
+             f"{self.rate():.1f}/s   eta {self._eta(counts)}   "
+             f"elapsed {_clock(now - self.start)}", "dim"))
+        return Group(allocations, bar)
+
+    def summary(self, failures: list[tuple[str, str]]) -> None:
+        counts = self.journal.counts()
+        elapsed = time.monotonic() - self.start
+        if self.mode == "json":
+            print(json.dumps({"event": "summary", "counts": counts, "seconds": elapsed}),
+                  flush=True)
+            return
+        table = Table(title="batch summary")
+        for column in ("state", "executions"):
+            table.add_column(column)
+        for state in STATES:
+            if counts.get(state):
+                table.add_row(state, str(counts[state]))
+        table.add_row("elapsed", _clock(elapsed))
+        self.console.print(table)
+        for label, detail in failures[:10]:
+            self.console.print(f"[red]failed[/red] {label}: {detail}", highlight=False)
+
+
+def anyio_now() -> float:
+    import anyio
+
+    try:
+        return anyio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _as_json(event: events.Event) -> dict:
+    import attrs
+
+    data = {"event": type(event).__name__}
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        if field.name == "result":
+            value = {"uuid": value.execution.uuid, "state": value.state.value,
+                     "ecode": value.ecode, "node": value.node, "slot": value.slot,
+                     "message": value.message}
+        elif isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        elif isinstance(value, tuple):
+            value = list(value)
+        data[field.name] = value
+    return data
+
+
+def mode_for(json_output: bool) -> str:
+    if json_output:
+        return "json"
+    return "live" if sys.stderr.isatty() else "plain"
