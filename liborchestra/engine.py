@@ -21,7 +21,7 @@ import attrs
 
 from liborchestra import events
 from liborchestra.allocator import Allocator
-from liborchestra.errors import LaunchError, OrchestraError, SSHError
+from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError, SSHError
 from liborchestra.execution import Execution, Result, State
 from liborchestra.launch import Launcher, LaunchSettings
 from liborchestra.profile import Profile
@@ -33,6 +33,7 @@ from liborchestra.transfer import CodeArchive, CodeCache, build_archive, remote_
 
 log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 1.0  # seconds between batched removals of finished run folders
+NODE_QUARANTINE = 60.0  # seconds an unreachable node gets no work
 
 
 class Engine:
@@ -172,10 +173,20 @@ class Engine:
         on_allocation.append(running)
         try:
             shell = self.shell(slot.node)
-            if await self.code.ensure(shell, slot.node.filesystem, self.profile.directory,
-                                      archive):
-                self.emit(events.CodeSent(slot.node.filesystem, archive.digest, len(archive.data)))
-            return await self.launcher.run(shell, slot, execution, archive)
+            try:
+                if await self.code.ensure(shell, slot.node.filesystem, self.profile.directory,
+                                          archive):
+                    self.emit(events.CodeSent(slot.node.filesystem, archive.digest,
+                                              len(archive.data)))
+            except SSHError as error:
+                down = not isinstance(error, ConnectionLostError)
+                result = Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
+                                message=str(error), node_down=down)
+            else:
+                result = await self.launcher.run(shell, slot, execution, archive)
+            if result.node_down:
+                await self.slots.quarantine(slot.node.name, NODE_QUARANTINE)
+            return result
         finally:
             on_allocation.remove(running)
             with anyio.CancelScope(shield=True):

@@ -62,6 +62,7 @@ class Result:
     started: float | None = None
     finished: float | None = None
     message: str = ""  # why an execution was lost or cancelled
+    node_down: bool = False  # lost because its node could not be reached at all
 
     @property
     def ok(self) -> bool:

@@ -73,8 +73,10 @@ class Launcher:
                 await self.kill(shell, execution)
             raise
         except (SSHError, LaunchError) as error:
+            down = isinstance(error, SSHError) and not isinstance(error, ConnectionLostError)
             return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
-                          started=started, finished=anyio.current_time(), message=str(error))
+                          started=started, finished=anyio.current_time(), message=str(error),
+                          node_down=down)
         return _result(execution, record, slot.node.name, slot.handle, started)
 
     async def recover(self, shell: Shell, execution: Execution, node: str,

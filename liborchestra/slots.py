@@ -37,6 +37,7 @@ class SlotPool:
         self._waiting: list[float | None] = []  # declared durations of waiting executions
         self._error: Exception | None = None
         self.on_wait: Callable[[], None] = lambda: None  # told when work starts waiting
+        self._quarantine: dict[str, float] = {}  # node -> until when it gets no work
 
     @property
     def waiting(self) -> int:
@@ -67,6 +68,11 @@ class SlotPool:
                     for a in self._live.values()), default=float("-inf"))
         unfit = [d for d in self._waiting if d is not None and d + WALLTIME_MARGIN > room]
         return max(unfit, default=None)
+
+    async def quarantine(self, node: str, seconds: float) -> None:
+        """Hand out no slot of `node` for a while (it could not be reached)."""
+        async with self._changed:
+            self._quarantine[node] = anyio.current_time() + seconds
 
     async def fail(self, error: Exception) -> None:
         """No slot will come (allocation refused): every waiter, present and future, raises."""
@@ -103,7 +109,8 @@ class SlotPool:
                         return slot
                     if self._error is not None:
                         raise self._error
-                    await self._changed.wait()
+                    with anyio.move_on_after(self._next_release()):
+                        await self._changed.wait()
             finally:
                 self._waiting.remove(duration)
 
@@ -112,12 +119,18 @@ class SlotPool:
         need = (duration or 0.0) + WALLTIME_MARGIN
         best, best_load = None, None
         for slot in self._free:
-            if slot.remaining(now) < need:
+            if slot.remaining(now) < need or self._quarantine.get(slot.node.name, 0) > now:
                 continue
             load = self._busy.get(slot.node.name, 0)
             if best_load is None or load < best_load:
                 best, best_load = slot, load
         return best
+
+    def _next_release(self) -> float:
+        """How long until a quarantined node may take work again (wake up then)."""
+        now = anyio.current_time()
+        ends = [until - now for until in self._quarantine.values() if until > now]
+        return min(ends, default=float("inf"))
 
     async def release(self, slot: Slot) -> None:
         async with self._changed:
