@@ -65,6 +65,7 @@ class Batch:
     def drain(self) -> None:
         """Stop starting executions; those running finish and are fetched."""
         self._draining = True
+        self.engine.drain()
 
     async def run(self) -> dict[str, int]:
         """Recover what an earlier driver left running, run the canary, then the rest."""
@@ -106,6 +107,9 @@ class Batch:
                     result = await self.engine.submit(self._execution(row, run_id))
                 finally:
                     self._running.pop(run_id, None)
+                if result.state is State.CANCELLED and self._draining:
+                    self.journal.finished(row.seq, "queued", None, "drained")
+                    return
                 if result.state is State.LOST and lost < self.settings.crash_limit:
                     lost += 1
                     self.journal.finished(row.seq, "running", None, result.message, lost=True)

@@ -62,6 +62,8 @@ class Engine:
         self._archives: dict[tuple, CodeArchive] = {}
         self._archive_lock = anyio.Lock()
         self._running: dict[str, list[_Running]] = {}  # allocation id -> executions on it
+        self._waiting: set[_Running] = set()  # executions waiting for a slot
+        self.draining = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending = 0
         self._idle = anyio.Event()
@@ -146,6 +148,8 @@ class Engine:
                 result = await self._place(execution, running)
             if result is None and running.lost:
                 result = Result(execution, State.LOST, node=running.node, message=running.lost)
+            elif result is None and running.drained:
+                result = Result(execution, State.CANCELLED, message="drained before it started")
             elif result is None:
                 result = Result(execution, State.CANCELLED, message="cancelled")
         except (SSHError, LaunchError, OrchestraError) as error:
@@ -167,7 +171,13 @@ class Engine:
 
     async def _place(self, execution: Execution, running: _Running) -> Result:
         archive = await self._archive(execution.code_dir, execution.ship)
-        slot = await self.slots.acquire(execution.duration)
+        if self.draining:
+            return Result(execution, State.CANCELLED, message="drained before it started")
+        self._waiting.add(running)
+        try:
+            slot = await self.slots.acquire(execution.duration)
+        finally:
+            self._waiting.discard(running)
         running.node = slot.node.name
         on_allocation = self._running.setdefault(slot.allocation.id, [])
         on_allocation.append(running)
@@ -191,6 +201,14 @@ class Engine:
             on_allocation.remove(running)
             with anyio.CancelScope(shield=True):
                 await self.slots.release(slot)
+
+    def drain(self) -> None:
+        """Start nothing new: executions still waiting for a slot end CANCELLED (not started);
+        running ones go on."""
+        self.draining = True
+        for running in list(self._waiting):
+            running.drained = True
+            running.scope.cancel()
 
     async def _allocation_ended(self, allocation: Allocation, reason: str) -> None:
         """The cluster ended an allocation: its executions are lost; kill what survives
@@ -261,6 +279,7 @@ class _Running:
     scope: anyio.CancelScope
     node: str | None = None
     lost: str = ""  # why the infrastructure took it away
+    drained: bool = False
 
 
 class SyncEngine:

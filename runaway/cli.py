@@ -17,7 +17,7 @@ from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution, State
 from liborchestra.profile import LEAVE, load_profile
-from runaway import batch_cmd
+from runaway import batch_cmd, sched_cmd
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
                         description="Reachability, host keys, auth, remote directory, slots.")
     ck.add_argument("profile")
     batch_cmd.add_parsers(sub, _shared)
+    sched_cmd.add_parser(sub, _shared)
     return top
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         args.args = [*args.args, *tail]
     renderer = Renderer(verbose=args.verbose)
     commands = {"exec": _exec, "check": _check, "batch": batch_cmd.batch,
-                "retry": batch_cmd.retry, "cancel": batch_cmd.cancel}
+                "retry": batch_cmd.retry, "cancel": batch_cmd.cancel, "sched": sched_cmd.sched}
     try:
         if args.command == "status":
             return batch_cmd.status(args, renderer)

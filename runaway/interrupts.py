@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Awaitable, Callable
 
 import anyio
 
+if sys.version_info < (3, 11):  # anyio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup
+
 from liborchestra.errors import OrchestraError
 from runaway.render import Renderer
+
+
+def _single(error: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups, or the error itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 class Interrupts:
@@ -33,8 +44,11 @@ class Interrupts:
             async def work() -> None:
                 try:
                     outcome.append(await command(*args, self))
-                except OrchestraError as error:
-                    failure.append(error)
+                except Exception as error:  # task groups wrap errors: find ours inside
+                    inner = _single(error)
+                    if not isinstance(inner, OrchestraError):
+                        raise
+                    failure.append(inner)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)

@@ -23,12 +23,15 @@ of a cluster job, so the cluster would leave them behind).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import math
 import os
 import re
 import shlex
+import signal
 import uuid
 
 import anyio
@@ -36,7 +39,6 @@ import attrs
 
 from liborchestra.errors import ConnectionLostError, OrchestraError, SchedulerError, SSHError
 from liborchestra.schedulers.base import Allocation, Node, Scheduler
-from liborchestra.shell import LocalShell
 from liborchestra.ssh import LOST_ERRORS, Endpoint, HostPool
 
 log = logging.getLogger(__name__)
@@ -149,11 +151,9 @@ class CustomScheduler(Scheduler):
         """Run the commands of `run` on `where` (None: this machine), filling `run` as it goes.
         Cancelling closes the channel, and the watchdog kills the remote script."""
         text = script(run.commands, env, run.mark)
-        if where is None:
-            run.status = await LocalShell(self._frontend).stream(text, run.out.append,
-                                                                 run.err.append)
-            return
         wrapped = _WATCHDOG.format(script=shlex.quote(text), grace=KILL_GRACE)
+        if where is None:
+            return await _run_here(wrapped, run)
         host: HostPool = self.pool.host(where)
         async with host.process(f"bash -c {shlex.quote(wrapped)}") as proc:
             try:
@@ -266,7 +266,13 @@ class CustomScheduler(Scheduler):
     async def _handles(self, name: str, endpoint: Endpoint,
                        variables: dict[str, str]) -> tuple[str, ...]:
         run = ScriptRun("get_node_handles", name, self.commands.get_node_handles)
-        await self._run(run, {**variables, "RUNAWAY_NODE_ID": name}, endpoint)
+        try:
+            await self._run(run, {**variables, "RUNAWAY_NODE_ID": name}, endpoint)
+        except SSHError as error:
+            if not endpoint.proxy_command:
+                raise
+            raise SchedulerError(f"custom: cannot reach node {name} through node_proxycommand "
+                                 f"`{self.commands.node_proxycommand}`: {error}") from None
         problem = run.failure()
         if problem:
             raise SchedulerError(problem)
@@ -288,7 +294,8 @@ class CustomScheduler(Scheduler):
         for ident in ended:
             variables = self._variables.pop(ident, None)
             if variables is not None:
-                await self._cancel_quietly(variables, f"allocation {ident}")
+                with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+                    await self._cancel_quietly(variables, f"allocation {ident}")
         return ended
 
     async def release(self, allocation: Allocation) -> None:
@@ -318,6 +325,29 @@ class CustomScheduler(Scheduler):
             await self._cancel(variables, what)
         except OrchestraError as error:
             log.warning("%s", error)
+
+
+async def _run_here(wrapped: str, run: ScriptRun) -> None:
+    """The same watchdog on this machine: closing stdin ends the script with SIGTERM (a
+    pending `salloc` withdraws its request), SIGKILL only if it lingers."""
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", wrapped, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_read, proc.stdout, run.out)
+            tg.start_soon(_read, proc.stderr, run.err)
+        run.status = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            pass
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(KILL_GRACE + 5):
+                    await proc.wait()
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
 
 
 async def _read(reader: object, into: list[bytes]) -> None:

@@ -7,6 +7,11 @@ nodes=N:ppn=M,walltime=...` directives ask for the nodes. The script copies `$PB
 job of an engine has the same name; one `qstat -f` of the engine's jobs polls them all, and a
 final `qdel` sweeps the known jobs and any job of that name `qstat -u` still lists.
 
+`slots: N` asks `ppn=N`; `slots: gpus` asks `gpus=<scheduler.gpus>` per node; `slots: cores`
+asks no ppn (the site's default, often 1: a command-line `-l nodes=...` in `options` overrides
+the script's directive). Each node then offers as many slots as `$PBS_NODEFILE` lists it
+(the processors granted there); with `slots: gpus`, its declared GPUs.
+
 The profile's `env` is exported before every PBS command on the login host (and qsub passes
 it to nothing: holder jobs need none). It is how a profile points at PBS commands that are not
 on the PATH of a non-interactive SSH command, e.g. `env: {PATH: /opt/pbs/bin:/usr/bin:/bin}`.
@@ -135,6 +140,7 @@ class PBSScheduler(Scheduler):
             "#!/bin/bash",
             f"#PBS -N {self.name}",
             f"#PBS -l {self.resources(walltime)}",
+            "#PBS -S /bin/bash",  # PBS runs scripts with the login shell otherwise
             f"f={prefix}.nodes",
             "{ date +%s",
             '  if [ -n "$PBS_NODEFILE" ]; then cat "$PBS_NODEFILE"; else',

@@ -1,0 +1,118 @@
+"""`runaway sched PROFILE SCRIPT "SCHEDULER COMMAND"`: an external program chooses parameters.
+
+The scheduler command runs locally (`bash -c`) and speaks the JSON-lines protocol of the
+original runaway (see liborchestra/sched.py). Results land in `./sched/<name>/<uuid>/` like
+batch's (fetched files plus `ecode`, `stdout`, `stderr`), with `sched.jsonl` beside them: one
+line per recorded execution (uuid, parameters, state, exit code, features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from liborchestra import events
+from liborchestra._fields import parse_duration
+from liborchestra.engine import Engine
+from liborchestra.errors import OrchestraError
+from liborchestra.profile import load_profile
+from liborchestra.sched import (
+    FeaturesInvalid,
+    PointRecorded,
+    PointRequeued,
+    Sched,
+    SchedProtocolError,
+    SchedSettings,
+    SchedulerStderr,
+)
+from runaway.interrupts import Interrupts
+from runaway.render import Renderer
+
+
+def add_parser(sub, shared) -> None:
+    p = sub.add_parser(
+        "sched", help="run a script with parameters chosen by an external scheduler program",
+        description="Run SCRIPT on PROFILE with the parameters a scheduler program chooses. "
+                    "The program gets JSON requests on stdin, one per line "
+                    "(GET_PARAMETERS_REQUEST, RECORD_OUTPUT_REQUEST, SHUTDOWN_REQUEST), and "
+                    "answers one JSON line on stdout each; SEARCH_FINISHED_RESPONSE ends the "
+                    "search. An execution exports features (numbers) with a stdout line "
+                    "`RUNAWAY_FEATURES: 1.0 2.5` or a file `features` in its run folder.")
+    p.add_argument("profile")
+    p.add_argument("script", type=Path)
+    p.add_argument("scheduler", metavar="SCHEDULER_COMMAND",
+                   help="the scheduler program, run locally with bash -c")
+    p.add_argument("--name", help="name of the search (default: script name and time)")
+    p.add_argument("-o", "--output", type=Path, help="search folder (default ./sched/NAME)")
+    p.add_argument("--crash-limit", type=int, default=3,
+                   help="requeue an execution lost to the infrastructure up to N times")
+    p.add_argument("--duration", help="expected duration of each execution (e.g. 20m)")
+    p.add_argument("--code", type=Path, help="folder to ship (default: the script's folder)")
+    shared(p)
+
+
+async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interrupts) -> int:
+    script = args.script
+    if not script.is_file():
+        raise OrchestraError(f"{script}: no such script")
+    code = args.code.resolve() if args.code else None
+    if code is not None and not script.resolve().is_relative_to(code):
+        raise OrchestraError(f"{script}: the script must be inside --code {args.code}")
+    if not args.scheduler.strip():
+        raise OrchestraError("the scheduler command is empty")
+    profile = load_profile(args.profile)
+    name = args.name or f"{script.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = (args.output or Path("sched") / name).resolve()
+    settings = SchedSettings(
+        script=script.resolve(), output=folder, command=args.scheduler, code=code,
+        crash_limit=args.crash_limit,
+        duration=parse_duration(args.duration) if args.duration else None,
+        env={"RUNAWAY_REMOTE": profile.name, "RUNAWAY_SCRIPT_PATH": str(script.resolve()),
+             "RUNAWAY_SCHED_FOLDER": str(folder)})
+    view = _View(renderer)
+    failure: SchedProtocolError | None = None
+    async with Engine(profile, leave=args.leave, send_ignore=args.send_ignore,
+                      fetch_ignore=args.fetch_ignore, listeners=[view.event]) as engine:
+        driver = Sched(engine, settings)
+        interrupts.on_first = lambda: (driver.drain(), renderer.note(
+            "draining: no new parameters; running executions finish and are recorded "
+            "(Ctrl-C again: cancel now)"))
+        try:
+            counts = await driver.run()
+        except SchedProtocolError as error:
+            failure, counts = error, driver.counts
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    renderer.note(f"sched {name}: {sum(counts.values())} executions ({parts}); results in "
+                  f"{folder}")
+    if failure is not None:
+        renderer.error(str(failure))
+        return 1
+    return 0
+
+
+class _View:
+    """The scheduler's stderr (prefixed), one line per recorded execution, engine events."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    def event(self, event: events.Event | object) -> None:
+        if isinstance(event, SchedulerStderr):
+            sys.stderr.write(f"sched: {event.line}\n")
+            sys.stderr.flush()
+        elif isinstance(event, PointRecorded):
+            features = " ".join(f"{v:g}" for v in event.features)
+            shown = event.parameters if isinstance(event.parameters, str) else \
+                " ".join(event.parameters)
+            exit_code = "" if event.ecode is None else f" (exit {event.ecode})"
+            self.renderer.note(f"{event.uuid[:8]} {event.state}{exit_code} "
+                               f"[{shown}]" + (f" features {features}" if features else ""))
+        elif isinstance(event, PointRequeued):
+            self.renderer.note(f"{event.uuid[:8]} lost ({event.message}); requeued with the "
+                               f"same parameters (attempt {event.attempt + 1})")
+        elif isinstance(event, FeaturesInvalid):
+            self.renderer.note(f"{event.uuid[:8]}: features ignored: {event.message}")
+        else:
+            self.renderer.event(event)  # type: ignore[arg-type]
