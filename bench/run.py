@@ -16,7 +16,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import exec_throughput, first_output  # noqa: E402
+from bench import batch_scale, batch_throughput, exec_throughput, first_output  # noqa: E402
 from tests.conftest import load_testbed  # noqa: E402
 
 
@@ -29,7 +29,11 @@ def main() -> None:
     n, repeats = (200, 1) if options.quick else (600, 3)
     rows += exec_throughput.run(testbed, n=n, repeats=repeats)
     rows += first_output.run(testbed, repeats=3 if options.quick else 7)
-    table = Table(title="orchestra benchmarks (medians; ratio = this row / the peer row)")
+    rows += batch_throughput.run(testbed, n=300 if options.quick else 2000,
+                                 repeats=1 if options.quick else 3)
+    rows += batch_scale.run(n=100_000, seconds=20 if options.quick else 60)
+    table = Table(title="orchestra benchmarks (medians; ratio: ours / this row's tool, or "
+                        "this row / the peer for latencies)")
     for column in ("benchmark", "tool", "value", "unit", "ratio", "driver CPU ms/exec"):
         table.add_column(column)
     for row in rows:
