@@ -340,7 +340,7 @@ async def _run_here(wrapped: str, run: ScriptRun) -> None:
         run.status = await proc.wait()
     finally:
         if proc.returncode is None:
-            pass
+            proc.stdin.close()
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(KILL_GRACE + 5):
                     await proc.wait()
