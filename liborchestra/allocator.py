@@ -73,6 +73,8 @@ class Allocator:
         if len(self.live) - len(renewing) >= self.max_allocations:
             return None
         need = self.slots.unfit_duration()
+        if need is None and self.slots.waiting <= self.slots.free():
+            return None  # granted slots are about to be taken by the waiting work
         if need is not None:
             return max(self.walltime or 0.0, need + 2 * WALLTIME_MARGIN)
         return self.walltime or 0.0

@@ -54,6 +54,9 @@ class SlotPool:
     def busy(self) -> int:
         return sum(self._busy.values())
 
+    def free(self) -> int:
+        return len(self._free)
+
     def busy_in(self, allocation_id: str) -> int:
         allocation = self._live.get(allocation_id)
         if allocation is None:
