@@ -31,9 +31,9 @@ import uuid
 
 import anyio
 
-from liborchestra.errors import SchedulerError
-from liborchestra.schedulers.base import Allocation, Node, Scheduler, slot_handles
-from liborchestra.shell import SSHShell
+from liborchestra.schedulers.base import Allocation
+from liborchestra.schedulers.cluster import ClusterScheduler
+from liborchestra.ssh import Completed
 from liborchestra.transfer import remote_path
 
 FOREVER = 2147483647
@@ -103,27 +103,23 @@ def parse_nodefile(text: str) -> tuple[float | None, list[tuple[str, int]]]:
     return start, list(hosts.items())
 
 
-class PBSScheduler(Scheduler):
+class PBSScheduler(ClusterScheduler):
     kind = "pbs"
+    missing = "are the PBS commands on the PATH? the profile's env can set it"
 
     def __init__(self, profile, pool) -> None:
         super().__init__(profile, pool)
-        self.spec = profile.scheduler
         self.name = f"orch-{uuid.uuid4().hex[:10]}"  # 15 characters: PBS shows no more
-        self._login = self.login()
-        self.host = self._login.host
-        self.shell = SSHShell(pool.host(self._login), self.host)
-        self.max_allocations = self.spec.max_allocations
         self.folder = f"{remote_path(profile.directory)}/pbs"
         self._env = "".join(f"export {k}={shlex.quote(v)}; " for k, v in profile.env)
         self._seq = itertools.count()
         self._files: dict[str, str] = {}  # job id -> its files' prefix (a shell word)
 
-    async def _run(self, command: str, input: bytes | None = None):
+    async def run(self, command: str, input: bytes | None = None) -> Completed:
+        """Every PBS command sees the profile's env (how a profile puts PBS on the PATH)."""
         done = await self.shell.run(self._env + command, input)
         if done.returncode == 127:
-            raise SchedulerError(f"pbs on {self.host}: `{command.split()[0]}` not found (are "
-                                 "the PBS commands on the PATH? the profile's env can set it)")
+            raise self.error(f"a PBS command was not found ({self.missing})")
         return done
 
     def resources(self, walltime: float | None) -> str:
@@ -155,7 +151,7 @@ class PBSScheduler(Scheduler):
         walltime = walltime or self.spec.walltime
         prefix = f"{self.folder}/{self.name}.{next(self._seq)}"
         options = shlex.join(["-o", "/dev/null", "-e", "/dev/null", *self.spec.options])
-        done = await self._run(
+        done = await self.run(
             f"mkdir -p {self.folder} && cd {self.folder} && cat > {prefix}.pbs && "
             f"qsub {options} {prefix}.pbs; s=$?; rm -f {prefix}.pbs; exit $s",
             self.holder(prefix, walltime).encode())
@@ -163,7 +159,7 @@ class PBSScheduler(Scheduler):
         job = out.strip().splitlines()[-1].strip() if out.strip() else ""
         if done.returncode != 0 or not re.fullmatch(r"\d+(\.\S+)?", job):
             what = f"qsub -l {self.resources(walltime)} {shlex.join(self.spec.options)}"
-            raise SchedulerError(f"pbs on {self.host}: `{what.strip()}` refused: "
+            raise self.error(f"`{what.strip()}` refused: "
                                  f"{_message(err + out)}")
         self._files[job] = prefix
         try:
@@ -176,28 +172,28 @@ class PBSScheduler(Scheduler):
     async def _wait(self, job: str, prefix: str, walltime: float | None) -> Allocation:
         delay, running_since = POLL_FIRST, None
         while True:
-            done = await self._run(f"cat {prefix}.nodes 2>/dev/null; echo \"#now $(date +%s)\"; "
+            done = await self.run(f"cat {prefix}.nodes 2>/dev/null; echo \"#now $(date +%s)\"; "
                                    f"qstat -f {shlex.quote(job)}")
             out = done.stdout.decode(errors="replace")
             head, _, tail = out.partition("#now ")
             now_text, _, qstat = tail.partition("\n")
             start, hosts = parse_nodefile(head)
             if start is not None and hosts:
-                return self._allocation(job, hosts, walltime, float(now_text) - start)
+                return self.allocation(job, hosts, walltime, float(now_text) - start)
             attributes = parse_qstat_full(qstat).get(short_id(job))
             if attributes is None:
                 self._check(done, "qstat -f")
             state = (attributes or {}).get("job_state")
             if state is None or state in ("C", "E"):
                 reason = _reason(attributes) if attributes else "gone from qstat"
-                raise SchedulerError(f"pbs on {self.host}: holder job {job} ended before it "
+                raise self.error(f"holder job {job} ended before it "
                                      f"ran: {reason}")
             if state in ALIVE:
                 now = anyio.current_time()
                 running_since = running_since or now
                 if now - running_since > NODEFILE_TIMEOUT:
-                    raise SchedulerError(
-                        f"pbs on {self.host}: holder job {job} runs but its node file "
+                    raise self.error(
+                        f"holder job {job} runs but its node file "
                         f"{prefix}.nodes never appeared on the login host: is "
                         f"{self.profile.directory} shared between the login host and nodes?")
             await anyio.sleep(delay)
@@ -208,27 +204,12 @@ class PBSScheduler(Scheduler):
         err = done.stderr.decode(errors="replace")
         lines = [line for line in err.splitlines() if line.strip()]
         if done.returncode != 0 and lines and not all(_UNKNOWN.search(x) for x in lines):
-            raise SchedulerError(f"pbs on {self.host}: `{what}` failed: {_message(err)}")
-
-    def _allocation(self, job: str, hosts: list[tuple[str, int]], walltime: float | None,
-                    elapsed: float) -> Allocation:
-        profile = self.profile
-        nodes = tuple(
-            Node(name=name, endpoint=self.endpoint(name, jump=self._login),
-                 filesystem="cluster" if profile.shared_filesystem else name,
-                 handles=slot_handles("gpus" if profile.slots == "gpus" else count, count,
-                                      self.spec.gpus),
-                 gpus=profile.slots == "gpus")
-            for name, count in hosts)
-        ends_at = None
-        if walltime:
-            ends_at = anyio.current_time() + walltime - max(0.0, elapsed)
-        return Allocation(id=job, nodes=nodes, ends_at=ends_at, duration=walltime)
+            raise self.error(f"`{what}` failed: {_message(err)}")
 
     async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
         if not allocations:
             return {}
-        done = await self._run("qstat -f " + " ".join(shlex.quote(a.id) for a in allocations))
+        done = await self.run("qstat -f " + " ".join(shlex.quote(a.id) for a in allocations))
         self._check(done, "qstat -f")
         jobs = parse_qstat_full(done.stdout.decode(errors="replace"))
         ended = {}
@@ -245,19 +226,19 @@ class PBSScheduler(Scheduler):
         command = f"qdel {shlex.quote(allocation.id)} >/dev/null 2>&1"
         if prefix:
             command += f"; rm -f {prefix}.nodes {prefix}.nodes.tmp {prefix}.pbs"
-        await self._run(command)
+        await self.run(command)
 
     async def aclose(self) -> None:
         """Sweep: the jobs still known, and any job of this engine's name qstat lists (one
         submitted while the engine was interrupted, before qsub could say its id)."""
-        done = await self._run("qstat -u \"$USER\"")
+        done = await self.run("qstat -u \"$USER\"")
         jobs = {short_id(job) for job in self._files}
         jobs |= {job for job, name, state in parse_qstat_user(done.stdout.decode(errors="replace"))
                  if name == self.name and state not in ("C",)}
         command = f"rm -f {self.folder}/{shlex.quote(self.name)}.*"
         if jobs:
             command = f"qdel {' '.join(map(shlex.quote, sorted(jobs)))} >/dev/null 2>&1; " + command
-        await self._run(command)
+        await self.run(command)
         self._files.clear()
 
 

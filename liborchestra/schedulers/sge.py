@@ -27,9 +27,8 @@ import uuid
 
 import anyio
 
-from liborchestra.errors import SchedulerError
-from liborchestra.schedulers.base import Allocation, Node, Scheduler, slot_handles
-from liborchestra.shell import SSHShell
+from liborchestra.schedulers.base import Allocation
+from liborchestra.schedulers.cluster import ClusterScheduler, last_lines
 from liborchestra.transfer import remote_path
 
 SLOT_RANGE = 64  # `slots: cores`: at most this many slots per requested node
@@ -84,33 +83,18 @@ def parse_qacct(text: str) -> dict[str, str]:
     return reasons
 
 
-class SGEScheduler(Scheduler):
+class SGEScheduler(ClusterScheduler):
     kind = "sge"
+    missing = "is Grid Engine's client installed on the login host, and on its PATH?"
 
     def __init__(self, profile, pool) -> None:
         super().__init__(profile, pool)
-        self.spec = profile.scheduler
         self.name = f"orchestra-{uuid.uuid4().hex[:10]}"
-        self._login = self.login()
-        self.host = self._login.host
-        self.shell = SSHShell(pool.host(self._login), self.host)
-        self.max_allocations = self.spec.max_allocations
         self.folder = f"{remote_path(profile.directory)}/sge"  # a shell word
         self._seq = itertools.count()
         self._files: dict[str, str] = {}  # job id -> its files' prefix (a shell word)
 
     # -- commands ------------------------------------------------------------------------------
-
-    async def _run(self, command: str, what: str, input: bytes | None = None) -> str:
-        done = await self.shell.run(command, input)
-        out = done.stdout.decode(errors="replace")
-        if done.returncode == 127:
-            raise SchedulerError(f"sge on {self.host}: `{what}` not found (is Grid Engine's "
-                                 "client installed on the login host, and on its PATH?)")
-        if done.returncode != 0:
-            message = _last_lines(done.stderr.decode(errors="replace") or out)
-            raise SchedulerError(f"sge on {self.host}: `{what}` failed: {message}")
-        return out
 
     def request(self, walltime: float | None) -> list[str]:
         """qsub arguments of one allocation (without the output options)."""
@@ -145,15 +129,12 @@ class SGEScheduler(Scheduler):
         request = self.request(walltime)
         command = (f"mkdir -p {self.folder} && qsub -terse -w e -S /bin/bash -o /dev/null -j y "
                    + shlex.join(request))
-        done = await self.shell.run(command, self.holder(prefix, walltime).encode())
+        done = await self.run(command, self.holder(prefix, walltime).encode())
         out, err = (done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
-        if done.returncode == 127:
-            raise SchedulerError(f"sge on {self.host}: `qsub` not found (is Grid Engine's "
-                                 "client installed on the login host, and on its PATH?)")
         job = out.split()[0].split(".")[0] if out.split() else ""
         if done.returncode != 0 or not job.isdigit():
-            raise SchedulerError(f"sge on {self.host}: `qsub {shlex.join(request[2:])}` "
-                                 f"refused: {_last_lines(err or out)}")
+            raise self.error(f"`qsub {shlex.join(request[2:])}` refused: "
+                             f"{last_lines(err or out)}")
         self._files[job] = prefix
         try:
             return await self._wait(job, prefix, walltime)
@@ -167,27 +148,27 @@ class SGEScheduler(Scheduler):
         its host file is there."""
         delay, running_since = POLL_FIRST, None
         while True:
-            out = await self._run(f"cat {prefix}.hosts 2>/dev/null; echo \"#now $(date +%s)\"; "
+            out = await self.command(f"cat {prefix}.hosts 2>/dev/null; echo \"#now $(date +%s)\"; "
                                   "qstat -u \"$USER\"", "qstat")
             head, _, tail = out.partition("#now ")
             now_text, _, qstat = tail.partition("\n")
             start, hosts = parse_hostfile(head)
             if start is not None and hosts:
-                return self._allocation(job, hosts, walltime, float(now_text) - start)
+                return self.allocation(job, hosts, walltime, float(now_text) - start)
             state = parse_qstat(qstat).get(job)
             if state is None or "d" in state:
                 reason = (await self._final_states([job])).get(job) or _gone(state)
-                raise SchedulerError(f"sge on {self.host}: holder job {job} ended before "
+                raise self.error(f"holder job {job} ended before "
                                      f"it ran: {reason}")
             if "E" in state:
-                raise SchedulerError(f"sge on {self.host}: holder job {job} is in error "
+                raise self.error(f"holder job {job} is in error "
                                      f"state {state}: {await self._error_reason(job)}")
             if job_alive(state):
                 now = anyio.current_time()
                 running_since = running_since or now
                 if now - running_since > HOSTFILE_TIMEOUT:
-                    raise SchedulerError(
-                        f"sge on {self.host}: holder job {job} runs but its host file "
+                    raise self.error(
+                        f"holder job {job} runs but its host file "
                         f"{prefix}.hosts never appeared on the login host: is "
                         f"{self.profile.directory} shared between the login host and nodes?")
             await anyio.sleep(delay)
@@ -200,23 +181,8 @@ class SGEScheduler(Scheduler):
                  if line.startswith("error reason")]
         return " / ".join(lines) or "(qstat -j gives no reason)"
 
-    def _allocation(self, job: str, hosts: list[tuple[str, int]], walltime: float | None,
-                    elapsed: float) -> Allocation:
-        profile = self.profile
-        nodes = tuple(
-            Node(name=name, endpoint=self.endpoint(name, jump=self._login),
-                 filesystem="cluster" if profile.shared_filesystem else name,
-                 handles=slot_handles("gpus" if profile.slots == "gpus" else slots, slots,
-                                      self.spec.gpus),
-                 gpus=profile.slots == "gpus")
-            for name, slots in hosts)
-        ends_at = None
-        if walltime:
-            ends_at = anyio.current_time() + walltime - max(0.0, elapsed)
-        return Allocation(id=job, nodes=nodes, ends_at=ends_at, duration=walltime)
-
     async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
-        states = parse_qstat(await self._run("qstat -u \"$USER\"", "qstat"))
+        states = parse_qstat(await self.command("qstat -u \"$USER\"", "qstat"))
         ended = [a.id for a in allocations if not job_alive(states.get(a.id))]
         if not ended:
             return {}
@@ -247,8 +213,3 @@ def _gone(state: str | None) -> str:
         return "gone from qstat (no accounting record yet)"
     return f"deleted (qstat state {state})" if "d" in state else f"qstat state {state}"
 
-
-def _last_lines(text: str, n: int = 3) -> str:
-    lines = [line.strip() for line in text.strip().splitlines()
-             if line.strip() and line.strip() != "Exiting."]
-    return " / ".join(lines[-n:]) or "(no message)"

@@ -15,9 +15,8 @@ import uuid
 
 import anyio
 
-from liborchestra.errors import SchedulerError
-from liborchestra.schedulers.base import Allocation, Node, Scheduler, SrunReach, slot_handles
-from liborchestra.shell import SSHShell
+from liborchestra.schedulers.base import Allocation
+from liborchestra.schedulers.cluster import ClusterScheduler, last_lines
 
 _JOB_ID = re.compile(r"job allocation (\d+)")
 _ALIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
@@ -45,29 +44,15 @@ def time_limit(text: str) -> float | None:
     return float(seconds + int(days or 0) * 86400)
 
 
-class SlurmScheduler(Scheduler):
+class SlurmScheduler(ClusterScheduler):
     kind = "slurm"
+    missing = "is Slurm installed on the login host, and on its PATH?"
 
     def __init__(self, profile, pool) -> None:
         super().__init__(profile, pool)
-        self.spec = profile.scheduler
         self.name = f"orchestra-{uuid.uuid4().hex[:10]}"
-        self._login = self.login()
-        self.shell = SSHShell(pool.host(self._login), self._login.host)
-        self.max_allocations = self.spec.max_allocations
 
     # -- commands ------------------------------------------------------------------------------
-
-    async def _run(self, command: str, what: str) -> str:
-        done = await self.shell.run(command)
-        out = done.stdout.decode(errors="replace")
-        if done.returncode == 127:
-            raise SchedulerError(f"slurm on {self._login.host}: `{what}` not found "
-                                 "(is Slurm installed on the login host, and on its PATH?)")
-        if done.returncode != 0:
-            message = _last_lines(done.stderr.decode(errors="replace") or out)
-            raise SchedulerError(f"slurm on {self._login.host}: {what} failed: {message}")
-        return out
 
     def _request(self, walltime: float | None) -> list[str]:
         args = ["-J", self.name, "-N", str(self.spec.nodes)]
@@ -108,32 +93,31 @@ class SlurmScheduler(Scheduler):
             raise
         text = b"".join(errors).decode(errors="replace")
         if status == 127:
-            raise SchedulerError(f"slurm on {self._login.host}: `salloc` not found")
+            raise self.error(f"`salloc` not found ({self.missing})")
         if status != 0 or not job or "Granted job allocation" not in text:
-            raise SchedulerError(f"slurm on {self._login.host}: allocation refused: "
-                                 f"{_last_lines(text)}")
+            raise self.error(f"allocation refused: {last_lines(text)}")
         return job[0]
 
     async def _sbatch(self, walltime: float | None) -> str:
         command = shlex.join(["sbatch", "--parsable", *self._request(walltime),
                               "--wrap", "exec sleep 2147483647"])
-        job = (await self._run(command, "sbatch")).strip().split(";")[0]
+        job = (await self.command(command, "sbatch")).strip().split(";")[0]
         if not job.isdigit():
-            raise SchedulerError(f"slurm on {self._login.host}: unexpected sbatch output {job!r}")
+            raise self.error(f"unexpected sbatch output {job!r}")
         while True:
-            state = (await self._run(f"squeue -h -j {job} -o %T", "squeue")).strip()
+            state = (await self.command(f"squeue -h -j {job} -o %T", "squeue")).strip()
             if state == "RUNNING":
                 return job
             if state not in _WAITING:
                 reason = await self._final_states([job])
-                raise SchedulerError(f"slurm on {self._login.host}: holder job {job} ended "
-                                     f"before it ran: {reason.get(job) or state or 'gone'}")
+                raise self.error(f"holder job {job} ended before it ran: "
+                                 f"{reason.get(job) or state or 'gone'}")
             await anyio.sleep(HOLDER_POLL)
 
     async def _describe(self, job: str) -> Allocation:
         """Nodes, CPUs per node and time left of a granted job, in one round trip."""
         q = shlex.quote(job)
-        out = await self._run(
+        out = await self.command(
             f"scontrol show job -d {q} | grep -o 'Nodes=[^ ]* CPU_IDs=[^ ]*' | "
             "while read -r n c; do for h in $(scontrol show hostnames \"${n#Nodes=}\"); do "
             "echo \"node $h ${c#CPU_IDs=}\"; done; done; "
@@ -146,26 +130,12 @@ class SlurmScheduler(Scheduler):
             elif parts[:1] == ["time"] and len(parts) == 3:
                 limit, used = time_limit(parts[1]), time_limit(parts[2]) or 0.0
         if not nodes:
-            raise SchedulerError(f"slurm on {self._login.host}: job {job} has no nodes "
-                                 f"(scontrol said: {_last_lines(out)})")
-        now = anyio.current_time()
-        return Allocation(
-            id=job, nodes=tuple(self._node(job, name, cpus) for name, cpus in nodes),
-            ends_at=None if limit is None else now + limit - used, duration=limit)
-
-    def _node(self, job: str, name: str, cpus: int) -> Node:
-        profile = self.profile
-        filesystem = "cluster" if profile.shared_filesystem else name
-        handles = slot_handles(profile.slots, cpus, self.spec.gpus)
-        gpus = profile.slots == "gpus"
-        if profile.reach == "srun":
-            return Node(name=name, endpoint=None, filesystem=filesystem, handles=handles,
-                        srun=SrunReach(self._login, job), gpus=gpus)
-        return Node(name=name, endpoint=self.endpoint(name, jump=self._login),
-                    filesystem=filesystem, handles=handles, gpus=gpus)
+            raise self.error(f"job {job} has no nodes (scontrol said: {last_lines(out)})")
+        srun = job if self.profile.reach == "srun" else None
+        return self.allocation(job, nodes, limit, used, fixed=True, srun_job=srun)
 
     async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
-        out = await self._run(f"squeue -h -u \"$USER\" -n {shlex.quote(self.name)} -o '%i %T'",
+        out = await self.command(f"squeue -h -u \"$USER\" -n {shlex.quote(self.name)} -o '%i %T'",
                               "squeue")
         alive = {parts[0] for parts in map(str.split, out.splitlines())
                  if len(parts) == 2 and parts[1] in _ALIVE}
@@ -192,7 +162,3 @@ class SlurmScheduler(Scheduler):
     async def aclose(self) -> None:
         await self.shell.run(f"scancel -u \"$USER\" -n {shlex.quote(self.name)}")
 
-
-def _last_lines(text: str, n: int = 3) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(lines[-n:]) or "(no message)"

@@ -1,0 +1,74 @@
+"""What Slurm, Grid Engine and PBS share: commands run on the login host over SSH, nodes
+reached behind it, allocations built from the hosts and slot counts the cluster granted."""
+
+from __future__ import annotations
+
+import anyio
+
+from liborchestra.errors import SchedulerError
+from liborchestra.profile import Profile
+from liborchestra.schedulers.base import Allocation, Node, Scheduler, SrunReach, slot_handles
+from liborchestra.shell import SSHShell
+from liborchestra.ssh import Completed, SSHPool
+
+_NOISE = {"Exiting."}  # what Grid Engine's clients add after their real message
+
+
+class ClusterScheduler(Scheduler):
+    kind = "cluster"
+    missing = "is it installed on the login host, and on its PATH?"  # hint for exit 127
+
+    def __init__(self, profile: Profile, pool: SSHPool) -> None:
+        super().__init__(profile, pool)
+        self.spec = profile.scheduler
+        self._login = self.login()
+        self.host = self._login.host
+        self.shell = SSHShell(pool.host(self._login), self.host)
+        self.max_allocations = self.spec.max_allocations
+
+    def error(self, text: str) -> SchedulerError:
+        return SchedulerError(f"{self.kind} on {self.host}: {text}")
+
+    async def command(self, command: str, what: str, input: bytes | None = None) -> str:
+        """Run on the login host; a failure is one error naming host, command and message."""
+        done = await self.run(command, input)
+        out = done.stdout.decode(errors="replace")
+        if done.returncode != 0:
+            raise self.error(f"`{what}` failed: "
+                             f"{last_lines(done.stderr.decode(errors='replace') or out)}")
+        return out
+
+    async def run(self, command: str, input: bytes | None = None) -> Completed:
+        """Run on the login host; only a missing command is an error here."""
+        done = await self.shell.run(command, input)
+        if done.returncode == 127:
+            raise self.error(f"`{command.split()[0]}` not found ({self.missing})")
+        return done
+
+    def node(self, name: str, granted: int, fixed: bool = False,
+             srun_job: str | None = None) -> Node:
+        """A granted node: `granted` slots (or the profile's fixed count when `fixed`)."""
+        profile = self.profile
+        gpus = profile.slots == "gpus"
+        count: int | str = profile.slots if fixed or gpus else granted
+        handles = slot_handles(count, granted, self.spec.gpus)
+        filesystem = "cluster" if profile.shared_filesystem else name
+        if srun_job is not None:
+            return Node(name=name, endpoint=None, filesystem=filesystem, handles=handles,
+                        srun=SrunReach(self._login, srun_job), gpus=gpus)
+        return Node(name=name, endpoint=self.endpoint(name, jump=self._login),
+                    filesystem=filesystem, handles=handles, gpus=gpus)
+
+    def allocation(self, job: str, hosts: list[tuple[str, int]], walltime: float | None,
+                   elapsed: float, **node: object) -> Allocation:
+        """An allocation of `hosts` (name, granted slots) that has run `elapsed` seconds."""
+        ends_at = None if walltime is None else anyio.current_time() + walltime - max(0, elapsed)
+        return Allocation(id=job, nodes=tuple(self.node(n, c, **node) for n, c in hosts),
+                          ends_at=ends_at, duration=walltime)
+
+
+def last_lines(text: str, n: int = 3) -> str:
+    """The last lines a command said, on one line."""
+    lines = [line.strip() for line in text.strip().splitlines()
+             if line.strip() and line.strip() not in _NOISE]
+    return " / ".join(lines[-n:]) or "(no message)"
