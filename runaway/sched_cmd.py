@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from liborchestra import events
-from liborchestra._fields import parse_duration
+from liborchestra._fields import Bad, parse_duration
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.profile import load_profile
@@ -25,6 +25,7 @@ from liborchestra.sched import (
     Sched,
     SchedProtocolError,
     SchedSettings,
+    SchedulerFailed,
     SchedulerStderr,
 )
 from runaway.interrupts import Interrupts
@@ -62,16 +63,22 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
         raise OrchestraError(f"{script}: the script must be inside --code {args.code}")
     if not args.scheduler.strip():
         raise OrchestraError("the scheduler command is empty")
+    if args.crash_limit < 0:
+        raise OrchestraError("--crash-limit must be 0 or more")
+    try:
+        duration = parse_duration(args.duration) if args.duration else None
+    except Bad as error:
+        raise OrchestraError(f"--duration: {error}") from None
     profile = load_profile(args.profile)
     name = args.name or f"{script.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = (args.output or Path("sched") / name).resolve()
     settings = SchedSettings(
         script=script.resolve(), output=folder, command=args.scheduler, code=code,
         crash_limit=args.crash_limit,
-        duration=parse_duration(args.duration) if args.duration else None,
+        duration=duration,
         env={"RUNAWAY_REMOTE": profile.name, "RUNAWAY_SCRIPT_PATH": str(script.resolve()),
              "RUNAWAY_SCHED_FOLDER": str(folder)})
-    view = _View(renderer)
+    view = _View(renderer, interrupts)
     failure: SchedProtocolError | None = None
     async with Engine(profile, leave=args.leave, send_ignore=args.send_ignore,
                       fetch_ignore=args.fetch_ignore, listeners=[view.event]) as engine:
@@ -95,8 +102,8 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
 class _View:
     """The scheduler's stderr (prefixed), one line per recorded execution, engine events."""
 
-    def __init__(self, renderer: Renderer) -> None:
-        self.renderer = renderer
+    def __init__(self, renderer: Renderer, interrupts: Interrupts) -> None:
+        self.renderer, self.interrupts = renderer, interrupts
 
     def event(self, event: events.Event | object) -> None:
         if isinstance(event, SchedulerStderr):
@@ -112,6 +119,10 @@ class _View:
         elif isinstance(event, PointRequeued):
             self.renderer.note(f"{event.uuid[:8]} lost ({event.message}); requeued with the "
                                f"same parameters (attempt {event.attempt + 1})")
+        elif isinstance(event, SchedulerFailed) and event.running:
+            self.interrupts.on_first = None  # already draining: Ctrl-C cancels
+            self.renderer.note(f"stopping: {event.message}; waiting for {event.running} "
+                               "running execution(s) to finish (Ctrl-C: cancel them now)")
         elif isinstance(event, FeaturesInvalid):
             self.renderer.note(f"{event.uuid[:8]}: features ignored: {event.message}")
         else:

@@ -12,12 +12,19 @@ import time
 import uuid
 from pathlib import Path
 
-import anyio
 import pytest
 
 from liborchestra import Engine, Execution, State, events
 from liborchestra.schedulers.sge import job_alive, parse_hostfile, parse_qacct, parse_qstat
 from tests.helpers import load, ssh_options, write_profile, write_script
+from tests.schedulers.scenarios import (
+    cancel_from_outside,
+    interrupt_mid_execution,
+    our_processes,
+    parse,
+    run,
+    runaway,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_SCRIPT = """\
@@ -37,28 +44,10 @@ def sge_profile(testbed, tmp: Path, slots="cores", **scheduler) -> Path:
         "directory": f"~/.orchestra-tests/{uuid.uuid4().hex}"})
 
 
-def runaway(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runaway", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def run(coro):
-    return anyio.run(lambda: coro, backend="asyncio")
-
-
-def parse(stdout: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in stdout.split())
-
-
 def our_jobs(testbed) -> list[str]:
     """The user's Grid Engine jobs named by an engine (qstat shows 10 characters of names)."""
     out = testbed.ssh("login", 'qstat -u "$USER"', check=True).stdout
     return [line for line in out.splitlines() if " orchestra- " in line]
-
-
-def our_processes(testbed, *markers: str) -> list[str]:
-    return [p for node in testbed.nodes for p in testbed.procs(node)
-            if any(marker in p for marker in markers)]
 
 
 def assert_nothing_left(testbed, *markers: str, within: float = 15) -> None:
@@ -163,30 +152,9 @@ def test_two_nodes_spread_as_grid_engine_grants(testbed, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_no_job_and_no_process(testbed, tmp_path, sig):
-    marker = f"sleep-{uuid.uuid4().hex[:8]}"
-    script = write_script(tmp_path / "code", "slow.sh", f"""\
-        echo started
-        bash -c 'exec -a {marker} sleep 300' &
-        bash -c 'exec -a {marker} sleep 300'
-        """)
-    proc = subprocess.Popen([sys.executable, "-m", "runaway", "exec",
-                             str(sge_profile(testbed, tmp_path)), str(script)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline() == "started\n"
-        deadline = time.monotonic() + 20
-        while len(our_processes(testbed, marker)) < 2:
-            assert time.monotonic() < deadline, "the script never showed on a node"
-            time.sleep(0.1)
-        assert our_jobs(testbed) and our_processes(testbed, "-holder")
-        proc.send_signal(sig)
-        assert proc.wait(timeout=60) == 128 + sig
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    marker, _ = interrupt_mid_execution(testbed, tmp_path, sge_profile(testbed, tmp_path), sig,
+                                        our_jobs)
     assert_nothing_left(testbed, marker)
-    assert "Traceback" not in proc.stderr.read()
 
 
 def test_interrupt_while_the_request_waits_withdraws_it(testbed, tmp_path):
@@ -212,26 +180,9 @@ def test_interrupt_while_the_request_waits_withdraws_it(testbed, tmp_path):
 
 
 def test_allocation_deleted_outside_is_noticed_and_replaced(testbed, tmp_path):
-    marker = f"sleep-{uuid.uuid4().hex[:8]}"
-    slow = write_script(tmp_path / "code", "slow.sh", f"exec -a {marker} sleep 120\n")
-    quick = write_script(tmp_path / "code", "quick.sh", "hostname\n")
     profile = load(sge_profile(testbed, tmp_path, poll_interval="1s"))
-    seen: list[events.Event] = []
-
-    async def main():
-        async with Engine(profile, listeners=[seen.append]) as engine:
-            future = engine.submit(Execution(slow))
-            while not our_processes(testbed, marker):
-                await anyio.sleep(0.2)
-            (job,) = list(engine.allocator.live)
-            deleted = time.monotonic()
-            testbed.ssh("login", f"qdel {job}", check=True)
-            lost = await future
-            noticed = time.monotonic() - deleted
-            again = await engine.submit(Execution(quick))
-            return job, lost, noticed, again, list(engine.allocator.live)
-
-    job, lost, noticed, again, live = run(main())
+    job, lost, noticed, again, live, seen, marker = cancel_from_outside(
+        testbed, tmp_path, profile, "qdel")
     assert lost.state is State.LOST and f"allocation {job} ended" in lost.message
     assert "deleted" in lost.message or "exit_status" in lost.message or "gone" in lost.message
     assert noticed < 5  # poll_interval 1 s

@@ -7,13 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import anyio
 import pytest
 
 from liborchestra import Engine, Execution, State, events
 from tests.helpers import load, slurm_profile, write_script
+from tests.schedulers.scenarios import (
+    cancel_from_outside,
+    interrupt_mid_execution,
+    our_processes,
+    parse,
+    run,
+)
 
 ENV_SCRIPT = """\
 #!/usr/bin/env bash
@@ -23,21 +29,11 @@ sleep "${1:-0}"
 """
 
 
-def run(coro):
-    return anyio.run(lambda: coro, backend="asyncio")
-
-
 def our_jobs(testbed) -> list[str]:
     out = testbed.ssh("login", "squeue -h -u $USER -o '%i %j %T'", check=True).stdout
     return [line for line in out.splitlines() if "orchestra-" in line]
 
 
-def our_processes(testbed, marker: str) -> list[str]:
-    return [p for node in testbed.nodes for p in testbed.procs(node) if marker in p]
-
-
-def parse(stdout: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in stdout.split())
 
 
 @pytest.mark.parametrize("reach", ["ssh", "srun"])
@@ -81,54 +77,16 @@ def test_nodes_and_handles_are_the_granted_ones(testbed, tmp_path):
 @pytest.mark.parametrize("reach, sig", [("ssh", signal.SIGINT), ("srun", signal.SIGTERM),
                                         ("ssh", signal.SIGTERM)])
 def test_interrupt_leaves_no_job_and_no_process(testbed, tmp_path, reach, sig):
-    marker = f"sleep-{uuid.uuid4().hex[:8]}"
-    script = write_script(tmp_path / "code", "slow.sh", f"""\
-        echo started
-        bash -c 'exec -a {marker} sleep 300' &
-        bash -c 'exec -a {marker} sleep 300'
-        """)
     profile = slurm_profile(testbed, tmp_path, reach=reach)
-    proc = subprocess.Popen([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline() == "started\n"
-        deadline = time.monotonic() + 20
-        while len(our_processes(testbed, marker)) < 2:
-            assert time.monotonic() < deadline, "the script never showed on a node"
-            time.sleep(0.1)
-        assert our_jobs(testbed)
-        proc.send_signal(sig)
-        assert proc.wait(timeout=60) == 128 + sig
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    marker, _ = interrupt_mid_execution(testbed, tmp_path, profile, sig, our_jobs)
     assert our_processes(testbed, marker) == []
     assert our_jobs(testbed) == []
-    assert "Traceback" not in proc.stderr.read()
 
 
 def test_allocation_cancelled_outside_is_noticed_and_replaced(testbed, tmp_path):
-    marker = f"sleep-{uuid.uuid4().hex[:8]}"
-    slow = write_script(tmp_path / "code", "slow.sh", f"exec -a {marker} sleep 120\n")
-    quick = write_script(tmp_path / "code", "quick.sh", "hostname\n")
     profile = load(slurm_profile(testbed, tmp_path, poll_interval="1s"))
-    seen: list[events.Event] = []
-
-    async def main():
-        async with Engine(profile, listeners=[seen.append]) as engine:
-            future = engine.submit(Execution(slow))
-            while not our_processes(testbed, marker):
-                await anyio.sleep(0.2)
-            (job,) = list(engine.allocator.live)
-            cancelled = time.monotonic()
-            testbed.ssh("login", f"scancel {job}", check=True)
-            lost = await future
-            noticed = time.monotonic() - cancelled
-            again = await engine.submit(Execution(quick))
-            return job, lost, noticed, again, list(engine.allocator.live)
-
-    job, lost, noticed, again, live = run(main())
+    job, lost, noticed, again, live, _, marker = cancel_from_outside(
+        testbed, tmp_path, profile, "scancel")
     assert lost.state is State.LOST and f"allocation {job} ended" in lost.message
     assert "CANCELLED" in lost.message
     assert noticed < 10
