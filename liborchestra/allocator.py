@@ -41,6 +41,11 @@ class Allocator:
         self._retry_at = 0.0
         slots.on_wait = self.wake
 
+    @property
+    def pending(self) -> int:
+        """Allocation requests sent and not yet granted or refused."""
+        return self._pending
+
     def wake(self) -> None:
         """Something changed (work arrived): reconsider now rather than at the next tick."""
         self._wake.set()

@@ -9,6 +9,8 @@ import sys
 import time
 from collections import deque
 
+import anyio
+import attrs
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -81,13 +83,13 @@ class Progress:
         counts = counts if counts is not None else self.journal.counts()
         now = time.monotonic()
         allocations = Table.grid(padding=(0, 2))
-        loop = anyio_now()
+        loop = anyio.current_time()  # allocations' deadlines are on the event loop's clock
         for allocation in self.engine.allocator.live.values():
             left = "" if allocation.ends_at is None else _clock(allocation.ends_at - loop)
             nodes = ", ".join(n.name for n in allocation.nodes)
             allocations.add_row(f"allocation {allocation.id}", nodes,
                                 f"{allocation.slots} slots", f"{left} left" if left else "")
-        if self.engine.allocator._pending:
+        if self.engine.allocator.pending:
             allocations.add_row("allocation", "pending", "", "")
         slots = self.engine.slots
         bar = Text.assemble(
@@ -120,15 +122,6 @@ class Progress:
             self.console.print(f"[red]failed[/red] {label}: {detail}", highlight=False)
 
 
-def anyio_now() -> float:
-    import anyio
-
-    try:
-        return anyio.current_time()
-    except RuntimeError:
-        return time.monotonic()
-
-
 def _clock(seconds: float) -> str:
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -136,8 +129,6 @@ def _clock(seconds: float) -> str:
 
 
 def _as_json(event: events.Event) -> dict:
-    import attrs
-
     data = {"event": type(event).__name__}
     for field in attrs.fields(type(event)):
         value = getattr(event, field.name)
