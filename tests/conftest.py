@@ -179,9 +179,32 @@ class Testbed:
         self._known(host)
         subprocess.run(["ip", "link", "set", f"tbv-{host}", "up"], check=True)
 
-    def revive(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Re-run up.sh (repair mode, same settings): restarts every dead host and daemon and
-        re-plugs every link, then waits until the cluster is ready (~2-3 s per dead node)."""
+    def missing(self) -> list[str]:
+        """What of the bed is not running, e.g. ["node3"] (the whole host) or ["sge_execd@node1"]:
+        [] when every host is up and every daemon listens on its port. revive() repairs it."""
+        want = {"login": {22: "sshd", 6817: "slurmctld"}}
+        if self.accounting:
+            want["login"][6819] = "slurmdbd"
+        if self.sge:
+            want["login"][6444] = "sge_qmaster"
+        for node in self.nodes:
+            want[node] = {22: "sshd", 6818: "slurmd", **({6445: "sge_execd"} if self.sge else {})}
+        out = []
+        for host, daemons in want.items():
+            if not self.is_up(host):
+                out.append(host)
+                continue
+            ss = self.on(host, "ss", "-Hltn", check=False).stdout.split("\n")
+            ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in ss if line.strip()}
+            out += [f"{name}@{host}" for port, name in daemons.items() if port not in ports]
+        return out
+
+    def revive(self, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Re-run up.sh (repair mode, same settings): restarts every dead host and daemon
+        (sshd, Slurm, sge_qmaster, sge_execd) and re-plugs every link, then waits until the
+        cluster is usable again: nodes idle in Slurm, every sge_execd registered and all.q
+        healthy with a load in qhost (~3 s per dead node; 15-35 s if sge_qmaster died: the
+        execds that kept running re-register on their own schedule)."""
         env = dict(os.environ, TB=str(self.dir))
         env.update(_read_settings(self.dir))
         r = subprocess.run(
@@ -199,11 +222,13 @@ class Testbed:
 
     def reset(self) -> None:
         """Cancel every Slurm/SGE job of the user and kill the user's processes on every host
-        (and in the root namespace): back to an idle cluster."""
-        if self.is_up("login"):
-            self.on("login", "scancel", "-u", self.user, check=False)
-            if self.sge:
-                self.on("login", "qdel", "-f", "-u", self.user, check=False)
+        (and in the root namespace): back to an idle cluster. A bed with a dead host or daemon
+        is revived first: `qdel -f` of a job whose sge_execd is dead crashes sge_qmaster."""
+        if self.missing():
+            self.revive()
+        self.on("login", "scancel", "-u", self.user, check=False)
+        if self.sge:
+            self.on("login", "qdel", "-f", "-u", self.user, check=False)
         for host in self.hosts:
             if self.is_up(host):
                 self.on(host, "pkill", "-KILL", "-u", self.user, check=False)
@@ -213,6 +238,14 @@ class Testbed:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def sge_report(self) -> str:
+        """`qstat -f` (all users' jobs) and `qhost` on login, for the message of a failed test."""
+        out = []
+        for argv in (["qstat", "-f", "-u", "*"], ["qhost"]):
+            r = self.on("login", *argv, check=False, timeout=30)
+            out.append(f"$ {' '.join(argv)}\n{r.stdout}{r.stderr}")
+        return "\n".join(out)
 
     # --- helpers -------------------------------------------------------------------------------
     def _known(self, host: str) -> None:
@@ -246,8 +279,11 @@ def _read_settings(tb: pathlib.Path) -> dict[str, str]:
     return out
 
 
-def load_testbed(tb: str | os.PathLike[str] | None = None) -> Testbed:
-    """Describe the running bed; raise RuntimeError (one line, what to do) if it is not up."""
+def load_testbed(tb: str | os.PathLike[str] | None = None, *, repair: bool = False) -> Testbed:
+    """Describe the running bed; raise RuntimeError (one line, what to do) if it is not up.
+
+    With repair=True, a bed left with a dead host or daemon (e.g. by an interrupted fault test)
+    is revived instead of refused."""
     tb = pathlib.Path(tb or os.environ.get("TB", "/tmp/testbed/cluster"))
     hint = "run tests/testbed/up.sh (as root)"
     try:
@@ -269,6 +305,8 @@ def load_testbed(tb: str | os.PathLike[str] | None = None) -> Testbed:
         pbs=bool(info["pbs"]),
         pbs_bin=pathlib.Path(info["pbs_bin"]),
     )
+    if repair and bed.missing():
+        bed.revive()
     down = [h for h in bed.hosts if not bed.is_up(h)]
     if down:
         raise RuntimeError(f"test bed host(s) {', '.join(down)} down: {hint}")
@@ -277,9 +315,10 @@ def load_testbed(tb: str | os.PathLike[str] | None = None) -> Testbed:
 
 @pytest.fixture(scope="session")
 def testbed() -> Testbed:
-    """The running test bed (tests/testbed/up.sh). Fails, never skips, if it is not up."""
+    """The running test bed (tests/testbed/up.sh), repaired if a host or daemon died since.
+    Fails, never skips, if it is not up."""
     try:
-        return load_testbed()
+        return load_testbed(repair=True)
     except RuntimeError as e:
         problem = str(e)
     pytest.fail(problem, pytrace=False)

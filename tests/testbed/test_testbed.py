@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -115,20 +117,32 @@ def test_sacct_records_a_failed_job(testbed):
     assert wait_until(state, timeout=20) == "FAILED|3:0"
 
 
+def qsub_sync(testbed, options: str, script: str, timeout: int = 60):
+    """Submit script (on stdin) as job "tbtest" with `qsub -sync y` on login, waiting at most
+    timeout seconds; then delete it (plain qdel: `qdel -f` can crash sge_qmaster) and fail."""
+    qsub = f"timeout {timeout} qsub -sync y -N tbtest {options} >/dev/null"
+    r = testbed.ssh("login", f"echo {shlex.quote(script)} | {qsub}", timeout=timeout + 30)
+    if r.returncode != 0:
+        report = testbed.sge_report()
+        testbed.ssh("login", "qdel tbtest", timeout=30)
+        pytest.fail(
+            f"qsub -sync y {options} exited {r.returncode} (124: no result in {timeout} s): "
+            f"{r.stderr.strip()}\n{report}"
+        )
+
+
 def test_qsub_runs_as_the_user_on_a_node(testbed):
     assert testbed.sge
-    r = testbed.ssh(
-        "login",
-        "d=$(mktemp -d ~/.qsub-XXXXXX) && cd $d && "
+    out = f".qsub-{uuid.uuid4().hex[:8]}"  # in the (shared) home
+    try:
         # the job script on stdin (with -b y, SGE re-splits the arguments on spaces)
-        "echo 'echo $(hostname) $USER' | qsub -sync y -cwd -j y -o out -N tbtest >/dev/null && "
-        "cat out; rm -rf $d",
-    )
-    assert r.returncode == 0, r.stderr
-    host, user = r.stdout.split()
+        qsub_sync(testbed, f"-j y -o {out}", "echo $(hostname) $USER")
+        host, user = testbed.ssh("login", f"cat {out}", check=True).stdout.split()
+    finally:
+        testbed.ssh("login", f"rm -f {out}")
     assert host in testbed.nodes
     assert user == testbed.user
-    assert wait_until(lambda: testbed.ssh("login", "qstat").stdout.strip() == "", timeout=15)
+    assert wait_until(lambda: "tbtest" not in testbed.ssh("login", "qstat").stdout, timeout=15)
 
 
 def test_pbs_wrappers_submit_to_slurm(testbed):
@@ -151,21 +165,38 @@ def test_pbs_wrappers_submit_to_slurm(testbed):
 
 
 def test_kill_host_and_revive(testbed):
-    testbed.kill_host("node3")
-    assert not testbed.is_up("node3")
-    r = testbed.ssh("node3", "true", timeout=30)
-    assert r.returncode == 255  # connection refused: nothing listens any more
-    with pytest.raises(RuntimeError, match="down"):
-        testbed.on("node3", "true")
-    testbed.revive()
-    assert testbed.is_up("node3")
-    assert testbed.ssh("node3", "hostname").stdout.strip() == "node3"
-    r = testbed.ssh("login", "sinfo -h -N -p debug -o '%N %t' | sort")
-    assert r.stdout.split() == ["node1", "idle", "node2", "idle", "node3", "idle"]
+    try:
+        testbed.kill_host("node3")
+        assert not testbed.is_up("node3")
+        assert testbed.missing() == ["node3"]
+        r = testbed.ssh("node3", "true", timeout=30)
+        assert r.returncode == 255  # connection refused: nothing listens any more
+        with pytest.raises(RuntimeError, match="down"):
+            testbed.on("node3", "true")
+        testbed.revive()
+        assert testbed.missing() == []
+        assert testbed.ssh("node3", "hostname").stdout.strip() == "node3"
+        r = testbed.ssh("login", "sinfo -h -N -n node3 -p debug -o '%t'")
+        assert r.stdout.strip() in ("idle", "mix", "alloc")  # no "*": it responds
+        # Grid Engine uses the new sge_execd
+        qsub_sync(testbed, "-q all.q@node3 -j y -o /dev/null", "true")
+        # each daemon has a session of its own, not pytest's (which could take it along when
+        # it ends): seen from inside the host's PID namespace, an outside session is 0
+        ps = testbed.on("node3", "ps", "-e", "-o", "sid=,comm=").stdout.splitlines()
+        daemons = {"sshd", "slurmd", "sge_execd"}
+        assert [c for sid, c in map(str.split, ps) if c in daemons and sid == "0"] == []
+    finally:
+        if testbed.missing():  # never leave a dead host or daemon to the tests that follow
+            testbed.revive()
 
 
 def test_nothing_left_running(testbed):
-    assert wait_until(lambda: testbed.ssh("login", "squeue -h").stdout.strip() == "", timeout=15)
+    assert testbed.missing() == []
+
+    def squeue():
+        return testbed.ssh("login", "squeue -h -o '%i %j %T %M'").stdout.strip()
+
+    assert wait_until(lambda: squeue() == "", timeout=15), f"jobs left in squeue:\n{squeue()}"
     for node in testbed.nodes:
         orphans = [p for p in testbed.procs(node) if not p.startswith("sshd:")]
         assert orphans == [], f"processes of {testbed.user} left on {node}: {orphans}"

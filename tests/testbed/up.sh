@@ -393,11 +393,13 @@ wait_for() { # SECONDS DESCRIPTION CMD...
     done
 }
 DAEMON_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SGE_ROOT=/var/lib/gridengine SGE_CELL=default)
-# daemon HOST LOGNAME CMD...: start a (self-daemonizing) daemon inside HOST with a clean environment
+# daemon HOST LOGNAME CMD...: start a (self-daemonizing) daemon inside HOST with a clean environment,
+# in a session of its own: sge_execd daemonizes without setsid(), so it stayed in the session of
+# whoever ran up.sh (a pytest run, a CI step) and died, silently, when that session was cleaned up.
 daemon() {
     local h=$1 name=$2
     shift 2
-    tb_on "$h" "${DAEMON_ENV[@]}" "$@" </dev/null >>"$TB/log/$name.out" 2>&1
+    tb_on "$h" setsid -w "${DAEMON_ENV[@]}" "$@" </dev/null >>"$TB/log/$name.out" 2>&1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +468,13 @@ SGE_ROOT=/var/lib/gridengine
 SGE_CELL=default
 SGE_SPOOL=/var/spool/gridengine
 sge() { tb_on login "${DAEMON_ENV[@]}" "$@"; }   # an SGE admin command, as root on login
+
+# start_execd HOST: start sge_execd on HOST. It writes its pid file only once it has registered
+# with sge_qmaster, so sge_ok waits for that file (a stale one is removed first).
+start_execd() {
+    rm -f "$SGE_SPOOL/execd/$1/execd.pid"
+    daemon "$1" "sge_execd-$1" /usr/sbin/sge_execd
+}
 
 start_sge() {
     local common h pe name rule slaves pid pids=() started=""
@@ -580,7 +589,7 @@ EOF
     # sge_execd takes ~1 s to daemonize: start them side by side
     for h in $TB_NODES; do
         if ! listening "$h" 6445; then
-            daemon "$h" "sge_execd-$h" /usr/sbin/sge_execd &
+            start_execd "$h" &
             pids+=($!)
             started+=" sge_execd@$h"
         fi
@@ -656,26 +665,41 @@ all_ssh_ok() { # side by side: one ssh takes ~0.25 s
     for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
     return "$rc"
 }
-slurm_ok() {
+NODE_COUNT=$(echo "$TB_NODES" | wc -w)
+slurm_ok() { # every node idle, mix or alloc, and responding (no flag: "idle*" = not responding)
     local n
-    n=$(tb_on login sinfo -h -N -p debug -t idle,mix,alloc -o '%N' 2>/dev/null | sort -u | wc -l)
-    [ "$n" -eq "$(echo "$TB_NODES" | wc -w)" ]
+    n=$(tb_on login sinfo -h -N -p debug -o '%N %t' 2>/dev/null | awk '$2 ~ /^(idle|mix|alloc)$/' | wc -l)
+    [ "$n" -eq "$NODE_COUNT" ]
 }
-sge_ok() {
-    # every queue instance known and not in an unknown/error/disabled state
-    local out
+sge_ok() { # every execd runs and has registered; sge_qmaster sees every node healthy, with a load
+    local h out
+    for h in $TB_NODES; do
+        # an execd may die while it registers (e.g. refused while sge_qmaster still holds the
+        # connection of the execd a host kill left behind): start it again
+        if ! listening "$h" 6445; then
+            step "sge_execd@$h is not running: starting it again"
+            start_execd "$h"
+        fi
+        [ -s "$SGE_SPOOL/execd/$h/execd.pid" ] || return 1
+    done
+    # sge_qmaster keeps reporting a dead execd's queue as fine for minutes (until max_unheard),
+    # so the checks above come first. Every queue instance listed, in no state at all
+    # (u = unknown, a = alarm, d = disabled, E = error...):
     out=$(sge qstat -f -q all.q 2>/dev/null) || return 1
-    local n
-    n=$(echo "$out" | awk '$1 ~ /^all\.q@/ && NF == 5 { ok++ } END { print ok + 0 }')
-    [ "$n" -eq "$(echo "$TB_NODES" | wc -w)" ]
+    [ "$(awk '$1 ~ /^all\.q@/ && NF == 5' <<<"$out" | wc -l)" -eq "$NODE_COUNT" ] || return 1
+    # and a load reported by every node
+    out=$(sge qhost 2>/dev/null) || return 1
+    for h in $TB_NODES; do
+        awk -v h="$h" '$1 == h && $7 ~ /^[0-9.]+$/ { ok = 1 } END { exit !ok }' <<<"$out" || return 1
+    done
 }
 wait_for "$TB_TIMEOUT" "sshd on every host" all_ssh_ok
 step "sshd answering on: $TB_HOSTS"
 wait_for "$TB_TIMEOUT" "slurm nodes idle (sinfo)" slurm_ok
-step "slurm ready: $(echo "$TB_NODES" | wc -w) nodes idle in partition debug"
+step "slurm ready: $NODE_COUNT nodes idle in partition debug"
 if [ "$TB_SGE" = 1 ]; then
-    wait_for "$TB_TIMEOUT" "grid engine exec hosts" sge_ok
-    step "grid engine ready: all.q on $(echo "$TB_NODES" | wc -w) exec hosts"
+    wait_for "$TB_TIMEOUT" "grid engine: every sge_execd registered, all.q healthy (qstat -f, qhost)" sge_ok
+    step "grid engine ready: all.q on $NODE_COUNT exec hosts"
 fi
 
 # a description of the bed for the test fixtures (tests/conftest.py)
