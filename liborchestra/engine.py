@@ -92,13 +92,20 @@ class Engine:
                 tg.start_soon(self.allocator.run)
 
     async def __aexit__(self, exc_type, exc, tb) -> bool | None:
+        caught: BaseException | None = None
         if exc_type is None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.join()
-        else:
+            except BaseException as error:  # cancelled while waiting: clean up as on error
+                caught = error
+                exc_type, exc, tb = type(error), error, error.__traceback__
+        if exc_type is not None:
             self._tg.cancel_scope.cancel()
         self._background.cancel()
-        return await self._exit.__aexit__(exc_type, exc, tb)
+        suppressed = await self._exit.__aexit__(exc_type, exc, tb)
+        if caught is not None and not suppressed:
+            raise caught
+        return suppressed
 
     async def join(self) -> None:
         """Wait until every submitted execution has finished."""
