@@ -44,7 +44,7 @@ def run(n: int = 100_000, seconds: float = 60.0) -> list[dict]:
         (folder / "true.sh").write_text("true\n")
         (folder / "scale.yml").write_text(yaml.safe_dump({
             "name": "scale", "scheduler": "local", "slots": 8,
-            "directory": str(folder / "remote")}))
+            "directory": str(Path(tmp + "-remote"))}))
         start = time.perf_counter()
         proc = _start(folder, "-x", str(n))
         _first_start(proc)

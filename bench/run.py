@@ -40,7 +40,7 @@ def main() -> None:
         cpu = row.get("cpu_ms")
         table.add_row(row["benchmark"], row["tool"], f"{row['value']:.3g}", row["unit"],
                       f"{row['ratio']:.2f}", "" if cpu is None else f"{cpu:.2f}")
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import attrs
 
 from liborchestra.errors import OrchestraError
+from liborchestra.transfer import OUTPUT_MARKER
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +79,7 @@ class Journal:
             raise JournalError(f"{path}: a batch of that name exists; use --resume to continue "
                                "it, or another --name")
         path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / OUTPUT_MARKER).touch()  # never shipped as code, even from a code folder
         journal = cls(path, _connect(path))
         with journal.db:
             journal.db.executemany("INSERT INTO meta VALUES (?, ?)",

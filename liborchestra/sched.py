@@ -39,6 +39,7 @@ from liborchestra.sched_protocol import (
     encode,
     split_parameters,
 )
+from liborchestra.transfer import OUTPUT_MARKER
 
 __all__ = ["Sched", "SchedSettings", "SchedProtocolError", "SchedulerProgram", "Response",
            "encode", "decode", "split_parameters", "parse_features", "find_features",
@@ -160,6 +161,7 @@ class Sched:
         """Until the search finishes (or drain, or failure); counts of states. Raises
         SchedProtocolError after draining when the program failed."""
         self.settings.output.mkdir(parents=True, exist_ok=True)
+        (self.settings.output / OUTPUT_MARKER).touch()  # never shipped as code
         grace = 5.0
         await self.program.start()
         async with anyio.create_task_group() as background:

@@ -241,3 +241,19 @@ def test_sigint_once_drains_twice_cancels(setup):
     assert [r[2] for r in journal(tmp / "batch/c")] == ["queued"] * 8  # all run again
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
     assert left == ""
+
+
+def test_batch_folder_inside_the_code_folder_is_not_shipped(setup):
+    """Running from the code folder (the usual case) must not ship the journal and outputs."""
+    tmp, script, profile, log = setup
+    code = script.parent
+    for name in ("one", "two"):
+        done = runaway("batch", profile, script, "--name", name, "--", "x", cwd=code,
+                       env={"LOG": str(log)})
+        assert done.returncode == 0, done.stderr
+    archives = list((tmp / "remote/code").glob("*.tar"))
+    assert len(archives) == 1  # the second batch found the same code: batch/ was not in it
+    import tarfile
+
+    with tarfile.open(archives[0]) as tar:
+        assert not [n for n in tar.getnames() if n.startswith("batch/")]
