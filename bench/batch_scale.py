@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import yaml
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
@@ -33,9 +37,12 @@ def _start(folder: Path, *extra: str) -> subprocess.Popen:
 
 
 def _first_start(proc: subprocess.Popen) -> None:
+    """Wait for the first execution to start, then keep draining the driver's output (a full
+    pipe would stall it)."""
     for line in proc.stdout:
         if json.loads(line)["event"] == "ExecutionStarted":
-            return
+            break
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
 
 
 def run(n: int = 100_000, seconds: float = 60.0) -> list[dict]:
@@ -50,11 +57,13 @@ def run(n: int = 100_000, seconds: float = 60.0) -> list[dict]:
         _first_start(proc)
         created = time.perf_counter() - start
         samples = []
-        while time.perf_counter() - start < seconds:
+        while time.perf_counter() - start < seconds and proc.poll() is None:
             samples.append((time.perf_counter() - start, _rss_mb(proc.pid)))
             time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
+        seconds = time.perf_counter() - start
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
         done = _completed(folder)
         start = time.perf_counter()
         resumed = _start(folder, "--resume")
