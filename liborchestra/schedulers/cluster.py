@@ -3,6 +3,8 @@ reached behind it, allocations built from the hosts and slot counts the cluster 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 
 from liborchestra.errors import SchedulerError
@@ -11,6 +13,9 @@ from liborchestra.schedulers.base import Allocation, Node, Scheduler, SrunReach,
 from liborchestra.shell import SSHShell
 from liborchestra.ssh import Completed, SSHPool
 
+RUNNING = "running"  # a holder probe's status: the job runs (None: it still waits)
+HOLDER_TIMEOUT = 120.0  # a running holder job must have written its host file by then
+POLL_FIRST, POLL_MAX = 0.25, 2.0  # wait-for-start polling: first interval, doubling up to
 _NOISE = {"Exiting."}  # what Grid Engine's clients add after their real message
 
 
@@ -59,12 +64,46 @@ class ClusterScheduler(Scheduler):
         return Node(name=name, endpoint=self.endpoint(name, jump=self._login),
                     filesystem=filesystem, handles=handles, gpus=gpus)
 
+    async def hold(self, job: str, prefix: str, walltime: float | None,
+                   probe: Probe) -> Allocation:
+        """Wait until a holder job runs and has written its host file (`prefix`.hosts or
+        .nodes, on the shared directory), polling with one command per round; withdraw the
+        job if anything goes wrong, cancellation included.
+
+        `probe(job, prefix)` -> (holder start time, [(host, slots)], login host's clock,
+        status): status None while the job waits, RUNNING once it runs, else why it ended."""
+        try:
+            delay, running_since = POLL_FIRST, None
+            while True:
+                start, hosts, now, status = await probe(job, prefix)
+                if start is not None and hosts:
+                    return self.allocation(job, hosts, walltime, now - start)
+                if status not in (None, RUNNING):
+                    raise self.error(f"holder job {job} ended before it ran: {status}")
+                if status == RUNNING:
+                    running_since = running_since or anyio.current_time()
+                    if anyio.current_time() - running_since > HOLDER_TIMEOUT:
+                        raise self.error(
+                            f"holder job {job} runs but its host file ({prefix}.*) never "
+                            f"appeared on the login host: is {self.profile.directory} shared "
+                            "between the login host and the nodes?")
+                await anyio.sleep(delay)
+                delay = min(POLL_MAX, delay * 2)
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                await self.release(Allocation(job, ()))
+            raise
+
     def allocation(self, job: str, hosts: list[tuple[str, int]], walltime: float | None,
                    elapsed: float, **node: object) -> Allocation:
         """An allocation of `hosts` (name, granted slots) that has run `elapsed` seconds."""
         ends_at = None if walltime is None else anyio.current_time() + walltime - max(0, elapsed)
         return Allocation(id=job, nodes=tuple(self.node(n, c, **node) for n, c in hosts),
                           ends_at=ends_at, duration=walltime)
+
+
+Probe = Callable[[str, str], Awaitable[tuple[float | None, list[tuple[str, int]], float,
+                                             str | None]]]
 
 
 def last_lines(text: str, n: int = 3) -> str:

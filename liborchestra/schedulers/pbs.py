@@ -29,16 +29,12 @@ import re
 import shlex
 import uuid
 
-import anyio
-
 from liborchestra.schedulers.base import Allocation
-from liborchestra.schedulers.cluster import ClusterScheduler
+from liborchestra.schedulers.cluster import RUNNING, ClusterScheduler
 from liborchestra.ssh import Completed
 from liborchestra.transfer import remote_path
 
 FOREVER = 2147483647
-NODEFILE_TIMEOUT = 120.0
-POLL_FIRST, POLL_MAX = 0.25, 2.0
 ALIVE = {"R", "S"}  # running, suspended; Q H W T waiting, E exiting, C completed
 _UNKNOWN = re.compile(r"unknown job", re.IGNORECASE)
 
@@ -159,45 +155,29 @@ class PBSScheduler(ClusterScheduler):
         job = out.strip().splitlines()[-1].strip() if out.strip() else ""
         if done.returncode != 0 or not re.fullmatch(r"\d+(\.\S+)?", job):
             what = f"qsub -l {self.resources(walltime)} {shlex.join(self.spec.options)}"
-            raise self.error(f"`{what.strip()}` refused: "
-                                 f"{_message(err + out)}")
+            raise self.error(f"`{what.strip()}` refused: {_message(err + out)}")
         self._files[job] = prefix
-        try:
-            return await self._wait(job, prefix, walltime)
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                await self.release(Allocation(job, ()))
-            raise
+        return await self.hold(job, prefix, walltime, self._probe)
 
-    async def _wait(self, job: str, prefix: str, walltime: float | None) -> Allocation:
-        delay, running_since = POLL_FIRST, None
-        while True:
-            done = await self.run(f"cat {prefix}.nodes 2>/dev/null; echo \"#now $(date +%s)\"; "
-                                   f"qstat -f {shlex.quote(job)}")
-            out = done.stdout.decode(errors="replace")
-            head, _, tail = out.partition("#now ")
-            now_text, _, qstat = tail.partition("\n")
-            start, hosts = parse_nodefile(head)
-            if start is not None and hosts:
-                return self.allocation(job, hosts, walltime, float(now_text) - start)
-            attributes = parse_qstat_full(qstat).get(short_id(job))
-            if attributes is None:
-                self._check(done, "qstat -f")
-            state = (attributes or {}).get("job_state")
-            if state is None or state in ("C", "E"):
-                reason = _reason(attributes) if attributes else "gone from qstat"
-                raise self.error(f"holder job {job} ended before it "
-                                     f"ran: {reason}")
-            if state in ALIVE:
-                now = anyio.current_time()
-                running_since = running_since or now
-                if now - running_since > NODEFILE_TIMEOUT:
-                    raise self.error(
-                        f"holder job {job} runs but its node file "
-                        f"{prefix}.nodes never appeared on the login host: is "
-                        f"{self.profile.directory} shared between the login host and nodes?")
-            await anyio.sleep(delay)
-            delay = min(POLL_MAX, delay * 2)
+    async def _probe(self, job: str, prefix: str):
+        """Node file, login clock and `qstat -f` in one round trip."""
+        done = await self.run(f"cat {prefix}.nodes 2>/dev/null; echo \"#now $(date +%s)\"; "
+                              f"qstat -f {shlex.quote(job)}")
+        out = done.stdout.decode(errors="replace")
+        head, _, tail = out.partition("#now ")
+        now_text, _, qstat = tail.partition("\n")
+        start, hosts = parse_nodefile(head)
+        attributes = parse_qstat_full(qstat).get(short_id(job))
+        if attributes is None:
+            self._check(done, "qstat -f")
+        state = (attributes or {}).get("job_state")
+        if start is not None and hosts:
+            status = RUNNING
+        elif state is None or state in ("C", "E"):
+            status = _reason(attributes) if attributes else "gone from qstat"
+        else:
+            status = RUNNING if state in ALIVE else None
+        return start, hosts, float(now_text), status
 
     def _check(self, done, what: str) -> None:
         """A failed qstat is an error unless it only said some jobs are unknown (gone)."""

@@ -25,16 +25,12 @@ import re
 import shlex
 import uuid
 
-import anyio
-
 from liborchestra.schedulers.base import Allocation
-from liborchestra.schedulers.cluster import ClusterScheduler, last_lines
+from liborchestra.schedulers.cluster import RUNNING, ClusterScheduler, last_lines
 from liborchestra.transfer import remote_path
 
 SLOT_RANGE = 64  # `slots: cores`: at most this many slots per requested node
 FOREVER = 2147483647  # seconds the holder sleeps without a walltime
-HOSTFILE_TIMEOUT = 120.0  # a running holder must have written its host file by then
-POLL_FIRST, POLL_MAX = 0.25, 2.0  # wait-for-start polling: first interval, then doubling up to
 
 
 def job_alive(state: str | None) -> bool:
@@ -136,43 +132,26 @@ class SGEScheduler(ClusterScheduler):
             raise self.error(f"`qsub {shlex.join(request[2:])}` refused: "
                              f"{last_lines(err or out)}")
         self._files[job] = prefix
-        try:
-            return await self._wait(job, prefix, walltime)
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                await self.release(Allocation(job, ()))
-            raise
+        return await self.hold(job, prefix, walltime, self._probe)
 
-    async def _wait(self, job: str, prefix: str, walltime: float | None) -> Allocation:
-        """Poll (one command per round: host file, clock, qstat) until the holder runs and
-        its host file is there."""
-        delay, running_since = POLL_FIRST, None
-        while True:
-            out = await self.command(f"cat {prefix}.hosts 2>/dev/null; echo \"#now $(date +%s)\"; "
-                                  "qstat -u \"$USER\"", "qstat")
-            head, _, tail = out.partition("#now ")
-            now_text, _, qstat = tail.partition("\n")
-            start, hosts = parse_hostfile(head)
-            if start is not None and hosts:
-                return self.allocation(job, hosts, walltime, float(now_text) - start)
-            state = parse_qstat(qstat).get(job)
-            if state is None or "d" in state:
-                reason = (await self._final_states([job])).get(job) or _gone(state)
-                raise self.error(f"holder job {job} ended before "
-                                     f"it ran: {reason}")
-            if "E" in state:
-                raise self.error(f"holder job {job} is in error "
-                                     f"state {state}: {await self._error_reason(job)}")
-            if job_alive(state):
-                now = anyio.current_time()
-                running_since = running_since or now
-                if now - running_since > HOSTFILE_TIMEOUT:
-                    raise self.error(
-                        f"holder job {job} runs but its host file "
-                        f"{prefix}.hosts never appeared on the login host: is "
-                        f"{self.profile.directory} shared between the login host and nodes?")
-            await anyio.sleep(delay)
-            delay = min(POLL_MAX, delay * 2)
+    async def _probe(self, job: str, prefix: str):
+        """Host file, login clock and qstat in one round trip."""
+        out = await self.command(f"cat {prefix}.hosts 2>/dev/null; echo \"#now $(date +%s)\"; "
+                                 "qstat -u \"$USER\"", "qstat")
+        head, _, tail = out.partition("#now ")
+        now_text, _, qstat = tail.partition("\n")
+        start, hosts = parse_hostfile(head)
+        state = parse_qstat(qstat).get(job)
+        if start is not None and hosts:
+            status = RUNNING
+        elif state is None or "d" in state:
+            status = (await self._final_states([job])).get(job) or _gone(state)
+        elif "E" in state:
+            raise self.error(f"holder job {job} is in error state {state}: "
+                             f"{await self._error_reason(job)}")
+        else:
+            status = RUNNING if job_alive(state) else None
+        return start, hosts, float(now_text), status
 
     async def _error_reason(self, job: str) -> str:
         done = await self.shell.run(f"qstat -j {shlex.quote(job)}")
