@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -82,3 +83,23 @@ def cancel_from_outside(testbed, tmp: Path, profile: Profile, cancel: str):
             return job, lost, noticed, again, list(engine.allocator.live)
 
     return (*run(main()), seen, marker)
+
+
+def interrupt_pending_request(testbed, tmp: Path, profile: Path, our_jobs) -> list:
+    """`runaway exec` on a profile whose request waits (a held job); Ctrl-C once it shows in
+    the queue. Returns the queue lines seen before the interrupt."""
+    script = write_script(tmp / "code", "noop.sh", "true\n")
+    proc = subprocess.Popen([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (queued := our_jobs(testbed)):
+            assert time.monotonic() < deadline, "the request never showed in the queue"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in proc.stderr.read()
+    return queued
