@@ -77,6 +77,8 @@ class Allocator:
         renewing = [a for a in self.live.values() if self._expiring(a, now)]
         if len(self.live) - len(renewing) >= self.max_allocations:
             return None
+        if len(self.live) >= 2 * self.max_allocations:
+            return None  # replacements in flight too: never more than twice the ceiling
         need = self.slots.unfit_duration()
         if need is None and self.slots.waiting <= self.slots.free():
             return None  # granted slots are about to be taken by the waiting work
@@ -85,9 +87,13 @@ class Allocator:
         return self.walltime or 0.0
 
     def _expiring(self, allocation: Allocation, now: float) -> bool:
+        """In its last tenth (at least a minute, at most half of it): time to replace it, so
+        work never waits for a fresh allocation."""
         if allocation.ends_at is None or allocation.duration is None:
             return False
-        return allocation.ends_at - now < max(2 * WALLTIME_MARGIN, 0.1 * allocation.duration)
+        window = min(max(2 * WALLTIME_MARGIN, 0.1 * allocation.duration),
+                     0.5 * allocation.duration)
+        return allocation.ends_at - now < window
 
     async def _allocate(self, walltime: float) -> None:
         self.emit(events.AllocationRequested(self.scheduler.kind))

@@ -196,3 +196,26 @@ def test_repository_testbed_profiles_run(testbed, tmp_path, name):
     assert done.stdout.startswith("hello bed from node")
     assert (tmp_path / "out/greeting.txt").read_text() == "bed\n"
     assert our_jobs(testbed) == []
+
+
+def test_expiring_allocation_is_replaced_before_it_ends(testbed, tmp_path):
+    """Walltime 1 minute and 45 s of work: a replacement is granted while the first still
+    runs (beyond max_allocations), so the work never waits for the first to expire."""
+    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
+    profile = load(slurm_profile(testbed, tmp_path, walltime="1m", max_allocations=1,
+                                 poll_interval="1s", idle_timeout="2s"))
+    seen: list[events.Event] = []
+
+    async def main():
+        async with Engine(profile, listeners=[seen.append]) as engine:
+            start = anyio.current_time()
+            results = await asyncio.gather(*[engine.submit(Execution(script, ["3"]))
+                                             for _ in range(60)])
+            return results, anyio.current_time() - start
+
+    results, elapsed = run(main())
+    assert [r.state for r in results] == [State.COMPLETED] * 60
+    granted = [e for e in seen if isinstance(e, events.AllocationGranted)]
+    assert len(granted) >= 2
+    assert elapsed < 58  # 60 x 3 s on 4 slots = 45 s of work, and no wait for an expiry
+    assert our_jobs(testbed) == []
