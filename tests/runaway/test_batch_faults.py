@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from tests.helpers import slurm_profile, ssh_options, stock_profile, write_profile, write_script
+from tests.schedulers.scenarios import slurm_jobs_left
 
 SCRIPT = """\
 #!/usr/bin/env bash
@@ -121,7 +122,7 @@ def test_cancelled_allocation_is_replaced(testbed, tmp_path):
     final = rows(tmp_path / "batch/scancel")
     assert {r[1] for r in final} == {"completed"}
     assert sum(r[2] for r in final) >= 1
-    assert testbed.ssh("login", "squeue -h -u $USER", check=True).stdout.strip() == ""
+    assert slurm_jobs_left(testbed) == []
 
 
 def test_sigint_twice_on_slurm_leaves_nothing(testbed, tmp_path):
@@ -139,5 +140,5 @@ def test_sigint_twice_on_slurm_leaves_nothing(testbed, tmp_path):
     proc.send_signal(signal.SIGINT)
     assert finish(proc, 60) == 130
     assert [r[1] for r in rows(tmp_path / "batch/int")] == ["queued"] * 8
-    assert testbed.ssh("login", "squeue -h -u $USER", check=True).stdout.strip() == ""
+    assert slurm_jobs_left(testbed) == []
     assert not any(marker in p for n in testbed.nodes for p in testbed.procs(n))

@@ -103,3 +103,18 @@ def interrupt_pending_request(testbed, tmp: Path, profile: Path, our_jobs) -> li
             proc.kill()
     assert "Traceback" not in proc.stderr.read()
     return queued
+
+
+def slurm_jobs_left(testbed, within: float = 60.0) -> list[str]:
+    """The user's Slurm jobs still in squeue (`id name state`). A cancelled job stays
+    COMPLETING a moment while slurmd cleans up: wait for those (only those) to leave."""
+    deadline = time.monotonic() + within
+    while True:
+        out = testbed.ssh("login", "squeue -h -u $USER -o '%i %j %T'", check=True).stdout
+        jobs = out.split("\n") if out.strip() else []
+        jobs = [job for job in jobs if job.strip()]
+        if not jobs or any("COMPLETING" not in job for job in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.5)

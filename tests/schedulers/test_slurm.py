@@ -19,6 +19,7 @@ from tests.schedulers.scenarios import (
     our_processes,
     parse,
     run,
+    slurm_jobs_left,
 )
 
 ENV_SCRIPT = """\
@@ -32,6 +33,11 @@ sleep "${1:-0}"
 def our_jobs(testbed) -> list[str]:
     out = testbed.ssh("login", "squeue -h -u $USER -o '%i %j %T'", check=True).stdout
     return [line for line in out.splitlines() if "orchestra-" in line]
+
+
+def nothing_left(testbed) -> list[str]:
+    """Our jobs once Slurm has finished cleaning up the cancelled ones."""
+    return [job for job in slurm_jobs_left(testbed) if "orchestra-" in job]
 
 
 
@@ -49,7 +55,7 @@ def test_exec_runs_on_a_real_node_and_slot(testbed, tmp_path, reach):
     assert seen["handle"] in seen["handles"].split(",")
     nodes = seen["nodes"].split(",")
     assert len(nodes) == 2 and seen["node"] in nodes
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
 
 
 def test_nodes_and_handles_are_the_granted_ones(testbed, tmp_path):
@@ -80,7 +86,7 @@ def test_interrupt_leaves_no_job_and_no_process(testbed, tmp_path, reach, sig):
     profile = slurm_profile(testbed, tmp_path, reach=reach)
     marker, _ = interrupt_mid_execution(testbed, tmp_path, profile, sig, our_jobs)
     assert our_processes(testbed, marker) == []
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
 
 
 def test_allocation_cancelled_outside_is_noticed_and_replaced(testbed, tmp_path):
@@ -92,7 +98,7 @@ def test_allocation_cancelled_outside_is_noticed_and_replaced(testbed, tmp_path)
     assert noticed < 10
     assert again.ok and live and live[0] != job
     assert our_processes(testbed, marker) == []  # started over SSH: the engine killed it
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
 
 
 def test_work_waits_for_an_allocation_long_enough(testbed, tmp_path):
@@ -119,7 +125,7 @@ def test_work_waits_for_an_allocation_long_enough(testbed, tmp_path):
     fitting = [a for a, left in lengths.items() if left >= 150]
     assert fitting, lengths
     placed = {r.node for r in long}
-    assert placed and our_jobs(testbed) == []
+    assert placed and nothing_left(testbed) == []
 
 
 def test_elastic_growth_and_idle_give_back(testbed, tmp_path):
@@ -142,7 +148,7 @@ def test_elastic_growth_and_idle_give_back(testbed, tmp_path):
     assert len({r.node for r in results}) >= 2
     idle = [e for e in seen if isinstance(e, events.AllocationReleased) and e.reason == "idle"]
     assert idle and live_after_idle == 0
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
 
 
 @pytest.mark.parametrize("option, words", [
@@ -161,7 +167,7 @@ def test_refused_allocation_is_one_clear_error_within_seconds(testbed, tmp_path,
     assert "Traceback" not in done.stderr
     assert words.lower() in done.stderr.lower(), done.stderr
     assert "allocation refused" in done.stderr
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
 
 
 def test_gpu_slots_get_their_own_device(testbed, tmp_path):
@@ -195,7 +201,7 @@ def test_repository_testbed_profiles_run(testbed, tmp_path, name):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("hello bed from node")
     assert (tmp_path / "out/greeting.txt").read_text() == "bed\n"
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
 
 
 def test_expiring_allocation_is_replaced_before_it_ends(testbed, tmp_path):
@@ -218,4 +224,4 @@ def test_expiring_allocation_is_replaced_before_it_ends(testbed, tmp_path):
     granted = [e for e in seen if isinstance(e, events.AllocationGranted)]
     assert len(granted) >= 2
     assert elapsed < 58  # 60 x 3 s on 4 slots = 45 s of work, and no wait for an expiry
-    assert our_jobs(testbed) == []
+    assert nothing_left(testbed) == []
