@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 import uuid
 from pathlib import Path
@@ -79,3 +80,13 @@ def slurm_profile(testbed, tmp: Path, reach: str = "ssh", **scheduler) -> Path:
                       "options": ["--exclusive"], **scheduler},
         "reach": reach,
         "directory": _remote_dir()})
+
+
+def wait_started(proc, count: int) -> None:
+    """Read a `--json` runaway's events until `count` executions have started."""
+    seen = 0
+    while seen < count:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        if json.loads(line)["event"] == "ExecutionStarted":
+            seen += 1

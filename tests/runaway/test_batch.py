@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import local_profile, write_script
+from tests.helpers import local_profile, wait_started, write_script
 
 # Appends one line per finished execution to a log outside the run folder, so a test can
 # check that every execution completed exactly once.
@@ -190,20 +189,11 @@ def _start(tmp: Path, profile: Path, script: Path, name: str, n: int, env: dict)
         env={**os.environ, **env})
 
 
-def _wait_started(proc, count: int) -> None:
-    seen = 0
-    while seen < count:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        if json.loads(line)["event"] == "ExecutionStarted":
-            seen += 1
-
-
 def test_sigkill_then_resume_completes_each_execution_exactly_once(setup):
     tmp, script, profile, log = setup
     env = {"LOG": str(log), "SLEEP": "1.5"}
     proc = _start(tmp, profile, script, "k9", 30, env)  # 4 slots: a window of 16 in flight
-    _wait_started(proc, 6)
+    wait_started(proc, 6)
     time.sleep(0.3)
     proc.kill()
     proc.wait()
@@ -222,7 +212,7 @@ def test_sigint_once_drains_twice_cancels(setup):
     tmp, script, profile, log = setup
     env = {"LOG": str(log), "SLEEP": "2"}
     proc = _start(tmp, profile, script, "d", 12, env)
-    _wait_started(proc, 4)
+    wait_started(proc, 4)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     rows = journal(tmp / "batch/d")
@@ -233,7 +223,7 @@ def test_sigint_once_drains_twice_cancels(setup):
     marker = f"job-{uuid.uuid4().hex[:6]}"
     slow = write_script(tmp / "code3", "slow.sh", f"exec -a {marker} sleep 60\n")
     proc = _start(tmp, profile, slow, "c", 8, {})
-    _wait_started(proc, 4)
+    wait_started(proc, 4)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

@@ -5,7 +5,6 @@ tests see that each one completed exactly once, whatever broke on the way."""
 
 from __future__ import annotations
 
-import json
 import pwd
 import signal
 import sqlite3
@@ -15,7 +14,14 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.helpers import slurm_profile, ssh_options, stock_profile, write_profile, write_script
+from tests.helpers import (
+    slurm_profile,
+    ssh_options,
+    stock_profile,
+    wait_started,
+    write_profile,
+    write_script,
+)
 from tests.schedulers.scenarios import slurm_jobs_left
 
 SCRIPT = """\
@@ -30,15 +36,6 @@ def batch(profile: Path, script: Path, name: str, n: int, cwd: Path, *extra: str
         [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", name,
          "--json", *extra, "--", "{" + ";".join(str(i) for i in range(n)) + "}"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def started(proc, count: int) -> None:
-    seen = 0
-    while seen < count:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        if json.loads(line)["event"] == "ExecutionStarted":
-            seen += 1
 
 
 def finish(proc, timeout: float = 240) -> int:
@@ -72,7 +69,7 @@ def test_dropped_connections_lose_nothing(testbed, tmp_path):
     script, log = with_log(testbed, tmp_path)
     profile = stock_profile(testbed, tmp_path, slots=8)
     proc = batch(profile, script, "drop", 40, tmp_path)
-    started(proc, 12)
+    wait_started(proc, 12)
     listener = (testbed.dir / "run" / "sshd-local.pid").read_text().strip()
     subprocess.run(["pkill", "-P", listener], check=True)  # every session of this sshd dies
     assert finish(proc) == 0, proc.stderr.read()
@@ -98,7 +95,7 @@ def test_dead_node_work_is_requeued_elsewhere(testbed, tmp_path):
         "directory": f"~/.orchestra-tests/{uuid.uuid4().hex}"})
     proc = batch(profile, script, "dead", 30, tmp_path)
     try:
-        started(proc, 9)
+        wait_started(proc, 9)
         testbed.kill_host("node2")
         assert finish(proc) == 0, proc.stderr.read()
     finally:
@@ -113,7 +110,7 @@ def test_cancelled_allocation_is_replaced(testbed, tmp_path):
     script, log = with_log(testbed, tmp_path, SCRIPT.replace("${SLEEP:-0.5}", "1"))
     profile = slurm_profile(testbed, tmp_path, poll_interval="1s")
     proc = batch(profile, script, "scancel", 16, tmp_path)
-    started(proc, 4)
+    wait_started(proc, 4)
     out = testbed.ssh("login", "squeue -h -u $USER -o '%i %j'", check=True).stdout
     ours = [line.split()[0] for line in out.splitlines() if "orchestra-" in line]
     assert ours, out
@@ -130,7 +127,7 @@ def test_sigint_twice_on_slurm_leaves_nothing(testbed, tmp_path):
     script = write_script(tmp_path / "code", "slow.sh", f"exec -a {marker} sleep 120\n")
     profile = slurm_profile(testbed, tmp_path)
     proc = batch(profile, script, "int", 8, tmp_path)
-    started(proc, 4)
+    wait_started(proc, 4)
     deadline = time.monotonic() + 20
     while not any(marker in p for n in testbed.nodes for p in testbed.procs(n)):
         assert time.monotonic() < deadline
