@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the orchestra tools into ./.venv and put `runaway` on the PATH.
+# Install the orchestra tools into ./.venv and put every console script of the distribution
+# (runaway, and each tool as it lands) on the PATH.
 # Works on a fresh Debian 12 as root (installs python3-venv when missing) and on any machine
 # with Python >= 3.10. Usage: bash install.sh [EXTRAS]   e.g. bash install.sh test,bench
 set -euo pipefail
@@ -28,5 +29,13 @@ fi
 bin=/usr/local/bin
 [ "$(id -u)" = 0 ] || bin="$HOME/.local/bin"
 mkdir -p "$bin"
-ln -sf "$PWD/.venv/bin/runaway" "$bin/runaway"
-echo "install: runaway installed ($bin/runaway -> $PWD/.venv/bin/runaway)"
+# every console script the distribution declares (pyproject.toml [project.scripts])
+scripts=$(.venv/bin/python -c '
+from importlib.metadata import distribution
+print(" ".join(sorted(e.name for e in distribution("orchestra-tools").entry_points
+                      if e.group == "console_scripts")))')
+for name in $scripts; do
+  ln -sf "$PWD/.venv/bin/$name" "$bin/$name"
+  "$bin/$name" --version >/dev/null || { echo "install: $name --version failed" >&2; exit 1; }
+done
+echo "install: $scripts installed in $bin (-> $PWD/.venv/bin)"

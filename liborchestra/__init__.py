@@ -4,12 +4,20 @@ The library never prints and never reads argv: it emits events (see `events`) an
 `OrchestraError` subclasses whose message is one clear line for the user.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from liborchestra.engine import Engine, SyncEngine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution, Result, State
 from liborchestra.profile import Profile, load_profile
 
+try:
+    __version__ = version("orchestra-tools")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "Engine",
     "Execution",
     "OrchestraError",

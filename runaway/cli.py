@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 
+from liborchestra import __version__
 from liborchestra.check import check_profile
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="runaway", description="Run scripts on local machines, SSH hosts and clusters.")
     top.add_argument("-v", "--verbose", action="store_true", help="show engine events")
+    top.add_argument("--version", action="version", version=f"runaway {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ex = sub.add_parser("exec", help="run one execution and fetch its results",

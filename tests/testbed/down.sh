@@ -3,7 +3,10 @@
 # munged, mariadbd, the stock sshd, the user's leftover processes), the namespaces, the bridge,
 # the /etc/hosts block, the generated /etc/slurm files, /opt/pbs-compat, Slurm's cgroups and
 # the state dir. Idempotent: succeeds when nothing is up. Packages and the user account stay.
-#   down.sh [--quiet]
+#   down.sh [--quiet] [--purge]
+# --purge also removes what the bed keeps between runs, so that the next up.sh starts like on a
+# new machine: the download cache ($TB_CACHE), the Grid Engine spool and cell, the test user and
+# its home (with everything the tests left in it). Only Debian packages stay.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -11,8 +14,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/env.sh"
 tb_load_settings
 
-QUIET=0
-[ "${1:-}" = --quiet ] && QUIET=1
+QUIET=0 PURGE=0
+for arg in "$@"; do
+    case "$arg" in
+        --quiet) QUIET=1 ;;
+        --purge) PURGE=1 ;;
+        *) tb_die "down.sh: unknown argument $arg (expected --quiet or --purge)" ;;
+    esac
+done
 [ "$(id -u)" = 0 ] || tb_die "down.sh must run as root"
 tb_serialize "$HERE/down.sh" "$@"
 cd /
@@ -131,5 +140,23 @@ if [ -d "$TB_PBS_BIN" ]; then
 fi
 rm -rf "$TB"
 rmdir "$(dirname "$TB")" 2>/dev/null || true
+
+if [ "$PURGE" = 1 ]; then
+    case "$TB_CACHE" in
+        /*/*) rm -rf "$TB_CACHE" ;;
+        *) tb_die "refusing to purge TB_CACHE=$TB_CACHE (must be an absolute path at least two levels deep)" ;;
+    esac
+    # Grid Engine: up.sh re-creates the cell (init_cluster) and the spool on a fresh bed
+    rm -rf /var/spool/gridengine/spooldb /var/spool/gridengine/qmaster /var/spool/gridengine/execd \
+        /var/lib/gridengine/default
+    case "$TB_USER" in
+        ''|root|*/*) tb_die "refusing to purge user '$TB_USER'" ;;
+    esac
+    if id "$TB_USER" >/dev/null 2>&1; then
+        userdel -r "$TB_USER" >/dev/null 2>&1 || userdel "$TB_USER"
+    fi
+    rm -rf "/home/$TB_USER"
+    say "purged: $TB_CACHE, grid engine spool and cell, user $TB_USER and its home"
+fi
 
 say "test bed down in $(( ($(date +%s%N) - T0) / 1000000 )) ms"

@@ -141,11 +141,12 @@ if [ -n "$missing" ]; then
 fi
 
 if [ "$TB_PBS" = 1 ]; then
-    # slurm-wlm-torque conflicts with gridengine-client: unpack it, do not install it
-    deb=$(find "$TB_CACHE" -maxdepth 1 -name 'slurm-wlm-torque_*.deb' 2>/dev/null | sort | tail -n 1)
+    # slurm-wlm-torque conflicts with gridengine-client: unpack it, do not install it.
+    # (the cache may not exist yet on a new machine: make it before looking into it)
+    mkdir -p "$TB_CACHE"
+    deb=$(find "$TB_CACHE" -maxdepth 1 -name 'slurm-wlm-torque_*.deb' | sort | tail -n 1)
     if [ -z "$deb" ]; then
         step "downloading slurm-wlm-torque (PBS-style wrappers)"
-        mkdir -p "$TB_CACHE"
         if ! (cd "$TB_CACHE" && q apt-get download slurm-wlm-torque); then
             q apt-get update -q
             (cd "$TB_CACHE" && q apt-get download slurm-wlm-torque)
@@ -168,6 +169,8 @@ fi
 [ "$(getent shadow "$TB_USER" | cut -d: -f2)" = '*' ] || q usermod -p '*' "$TB_USER"
 USER_HOME=$(getent passwd "$TB_USER" | cut -d: -f6)
 USER_GROUP=$(id -gn "$TB_USER")
+# the account may have outlived its home (removed by hand): make it again
+install -d -o "$TB_USER" -g "$USER_GROUP" -m 755 "$USER_HOME"
 
 if [ ! -f "$TB/ssh/id_ed25519" ]; then
     q ssh-keygen -q -t ed25519 -N '' -C "$TB_USER@testbed" -f "$TB/ssh/id_ed25519"
@@ -423,6 +426,11 @@ fi
 mariadb_ok() { mariadb-admin --connect-timeout=2 ping >/dev/null 2>&1; }
 if [ "$TB_ACCOUNTING" = 1 ] && ! mariadb_ok; then
     install -d -o mysql -g root -m 755 /run/mysqld
+    # the package made the data dir when it was installed; make it again if it is gone
+    if [ ! -d /var/lib/mysql/mysql ]; then
+        install -d -o mysql -g mysql -m 755 /var/lib/mysql
+        q mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db
+    fi
     # no fsync: a throw-away database (this makes slurmdbd create its tables 2-3x faster)
     setsid /usr/sbin/mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock \
         --innodb-flush-method=nosync --innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 \
