@@ -16,12 +16,13 @@ from typing import Awaitable, Callable
 import anyio
 
 from liborchestra import events
-from liborchestra.errors import OrchestraError, SchedulerError
+from liborchestra.errors import OrchestraError, SchedulerError, is_transient
 from liborchestra.schedulers.base import Allocation, Scheduler
 from liborchestra.slots import WALLTIME_MARGIN, SlotPool
 
 log = logging.getLogger(__name__)
 Ended = Callable[[Allocation, str], Awaitable[None]]
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff of refused requests: first wait, longest wait
 
 
 class Allocator:
@@ -63,7 +64,7 @@ class Allocator:
                 walltime = self._wanted(now)
                 if walltime is not None:
                     self._pending += 1
-                    tg.start_soon(self._allocate, walltime)
+                    tg.start_soon(self._allocate, walltime, self.slots.unfit_duration())
                 with anyio.move_on_after(min(1.0, self.poll_interval)):
                     await self._wake.wait()
                 self._wake = anyio.Event()
@@ -95,13 +96,13 @@ class Allocator:
                      0.5 * allocation.duration)
         return allocation.ends_at - now < window
 
-    async def _allocate(self, walltime: float) -> None:
+    async def _allocate(self, walltime: float, for_duration: float | None) -> None:
         self.emit(events.AllocationRequested(self.scheduler.kind))
         try:
             allocation = await self.scheduler.allocate(walltime or None)
         except OrchestraError as error:
             self._pending -= 1
-            await self._failed(error)
+            await self._failed(error, for_duration)
             return
         self._pending -= 1
         self._failures = 0
@@ -112,17 +113,22 @@ class Allocator:
             allocation.ends_at))
         self.wake()
 
-    async def _failed(self, error: OrchestraError) -> None:
-        """No live allocation: the waiting work fails with the scheduler's message.
-        Otherwise retry later, with backoff, and keep running on what is live."""
+    async def _failed(self, error: OrchestraError, for_duration: float | None) -> None:
+        """A transient refusal (the controller timed out, the login connection dropped) is
+        asked again with backoff while work waits. A refusal that cannot succeed fails the
+        work waiting now, unless a live allocation or another request can still take it."""
         self._failures += 1
-        self._retry_at = anyio.current_time() + min(60.0, 2.0 ** self._failures)
-        if not self.live:
-            await self.slots.fail(error if isinstance(error, SchedulerError)
-                                  else SchedulerError(str(error)))
-        else:
-            log.warning("allocation failed, running on %d live: %s", len(self.live), error)
-            self.emit(events.AllocationReleased("(request)", f"refused: {error}"))
+        delay = min(RETRY_MAX, RETRY_FIRST * 2.0 ** (self._failures - 1))
+        self._retry_at = anyio.current_time() + delay
+        transient = is_transient(error)
+        self.emit(events.AllocationRefused(self.scheduler.kind, str(error),
+                                           delay if transient or self.live else None))
+        if transient or self.live or self._pending:
+            log.warning("allocation request failed (%s; %d live), asking again in %.0f s",
+                        error, len(self.live), delay)
+            return
+        await self.slots.fail(error if isinstance(error, SchedulerError)
+                              else SchedulerError(str(error)), for_duration)
 
     async def _poll(self) -> None:
         try:

@@ -40,3 +40,44 @@ class LaunchError(OrchestraError):
 
 class SchedulerError(OrchestraError):
     """A scheduler refused or failed an allocation; carries the scheduler's own message."""
+
+
+# What a scheduler says when it is busy, stalled or briefly out of reach. Such a refusal may
+# succeed if asked again later; any other refusal (unknown partition, QOS or account, more nodes
+# than exist, walltime over the limit, a typo) cannot, and fails the waiting work at once.
+TRANSIENT_MARKERS = (
+    "socket timed out",  # Slurm: "Socket timed out on send/recv operation"
+    "unable to contact slurm controller",
+    "slurm_receive_msg",
+    "connection refused",
+    "connection timed out",
+    "connection reset",
+    "transport endpoint",
+    "resource temporarily unavailable",
+    "try again",
+    "temporarily",
+    "communication failure",
+    "slurmctld is not responding",
+    "job submit/allocate failed: socket",
+    "unable to contact qmaster",  # Grid Engine
+    "unable to send message to qmaster",
+    "cannot reach qmaster",
+    "commlib error",
+    "failed receiving gdi request",
+    "can't unpack gdi request",
+    "error: unable to connect",
+    "got no connection within",
+    "timed out",
+    "timeout",
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether asking again later may succeed: a dropped connection to the login host, or a
+    scheduler that did not answer in time."""
+    if isinstance(error, ConnectionLostError):
+        return True
+    if isinstance(error, SchedulerError):
+        text = str(error).lower()
+        return any(marker in text for marker in TRANSIENT_MARKERS)
+    return False

@@ -29,6 +29,16 @@ class AllocationReleased:
 
 
 @attrs.frozen
+class AllocationRefused:
+    """A request was refused. `retry_in` seconds: it will be asked again (the scheduler was
+    busy or out of reach); None: it cannot succeed, and the work waiting for it fails."""
+
+    scheduler: str
+    message: str
+    retry_in: float | None
+
+
+@attrs.frozen
 class CodeSent:
     filesystem: str
     digest: str
@@ -40,6 +50,8 @@ class ExecutionStarted:
     uuid: str
     node: str
     slot: str
+    allocation: str = ""  # the allocation (Slurm job, SGE job...) it runs in
+    digest: str = ""  # SHA-256 of the code archive it runs
 
 
 @attrs.frozen
@@ -64,6 +76,7 @@ class ConnectionProblem:
     message: str
 
 
-Event = Union[AllocationRequested, AllocationGranted, AllocationReleased, CodeSent,
+Event = Union[AllocationRequested, AllocationGranted, AllocationReleased, AllocationRefused,
+              CodeSent,
               ExecutionStarted, Output, ExecutionFinished, ConnectionProblem]
 Listener = Callable[[Event], None]

@@ -35,7 +35,8 @@ class SlotPool:
         self._live: dict[str, Allocation] = {}
         self._changed = anyio.Condition()
         self._waiting: list[float | None] = []  # declared durations of waiting executions
-        self._error: Exception | None = None
+        self._error: Exception | None = None  # a refusal that cannot succeed (until a grant)
+        self._error_above: float | None = None
         self.on_wait: Callable[[], None] = lambda: None  # told when work starts waiting
         self._quarantine: dict[str, float] = {}  # node -> until when it gets no work
 
@@ -77,11 +78,21 @@ class SlotPool:
         async with self._changed:
             self._quarantine[node] = anyio.current_time() + seconds
 
-    async def fail(self, error: Exception) -> None:
-        """No slot will come (allocation refused): every waiter, present and future, raises."""
+    async def fail(self, error: Exception, longer_than: float | None = None) -> None:
+        """A request that cannot succeed was refused: waiting work raises it, and so does work
+        that arrives until an allocation is granted, since the same request would be refused
+        again. With `longer_than` (the refused request was for work that declared that long a
+        duration), only work declaring at least that long fails: shorter work may still get
+        an allocation of the profile's walltime."""
         async with self._changed:
-            self._error = error
+            self._error, self._error_above = error, longer_than
             self._changed.notify_all()
+
+    def _refused(self, duration: float | None) -> bool:
+        if self._error is None:
+            return False
+        return self._error_above is None or (duration or 0.0) >= self._error_above
+
     async def add(self, allocation: Allocation) -> None:
         async with self._changed:
             self._live[allocation.id] = allocation
@@ -110,7 +121,7 @@ class SlotPool:
                         self._free.remove(slot)
                         self._busy[slot.node.name] = self._busy.get(slot.node.name, 0) + 1
                         return slot
-                    if self._error is not None:
+                    if self._refused(duration):
                         raise self._error
                     with anyio.move_on_after(self._next_release()):
                         await self._changed.wait()
