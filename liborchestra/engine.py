@@ -108,9 +108,9 @@ class Engine:
         return suppressed
 
     async def join(self) -> None:
-        """Wait until every submitted execution has finished."""
+        """Wait until every submitted execution has finished (any number of waiters: they
+        share one event, made when work arrives at an idle engine)."""
         while self._pending:
-            self._idle = anyio.Event()
             await self._idle.wait()
 
     async def _shutdown(self) -> None:
@@ -139,6 +139,8 @@ class Engine:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         scope = anyio.CancelScope()
         future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
+        if self._pending == 0:
+            self._idle = anyio.Event()
         self._pending += 1
         self._tg.start_soon(self._execute, execution, future, scope)
         return future
@@ -160,11 +162,11 @@ class Engine:
             elif result is None:
                 result = Result(execution, State.CANCELLED, message="cancelled")
         except (SSHError, LaunchError, OrchestraError) as error:
-            result = Result(execution, State.LOST, message=str(error))
-        except Exception as error:  # a bug: let the caller see it, not a silent hang
-            if not future.done():
-                future.set_exception(error)
-            raise
+            result = Result(execution, State.LOST, node=running.node, message=str(error))
+        except Exception as error:  # e.g. ENOSPC storing results: this execution fails, alone
+            log.exception("execution %s failed unexpectedly", execution.uuid)
+            result = Result(execution, State.FAILED, node=running.node,
+                            message=f"{type(error).__name__}: {error}")
         finally:
             self._pending -= 1
             if self._pending == 0:
@@ -238,10 +240,11 @@ class Engine:
         with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
             await self.scheduler.release(Allocation(id=allocation_id, nodes=()))
 
-    async def recover(self, execution: Execution, node: str,
-                      slot: str | None = None) -> Result | None:
-        """The result of a run an earlier driver started on `node` (resume), or None."""
-        shell = self.shell(self.scheduler.reach(node))
+    async def recover(self, execution: Execution, node: str, slot: str | None = None,
+                      allocation: str | None = None) -> Result | None:
+        """The result of a run an earlier driver started on `node` (resume), or None when
+        there is nothing to recover. Raises SSHError while the node cannot be reached."""
+        shell = self.shell(self.scheduler.reach(node, allocation))
         result = await self.launcher.recover(shell, execution, node, slot)
         if result is not None:
             self.emit(events.ExecutionFinished(result))

@@ -82,15 +82,16 @@ class Launcher:
     async def recover(self, shell: Shell, execution: Execution, node: str,
                       slot: str | None = None) -> Result | None:
         """The result of a run started by an earlier driver (resume): waits for it if it still
-        runs. None when there is nothing to recover (no run folder, no exit code)."""
+        runs. None when there is nothing to recover (no run folder, no exit code). Raises
+        SSHError when the node cannot be reached: the run may still be alive there."""
         rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
         started = anyio.current_time()
         try:
             sink = await self._reattach(shell, execution,
                                         pack_command(self.run_dir(execution), rules))
-            record = self._store(shell, execution, sink)
-        except (SSHError, LaunchError):
-            return None
+        except LaunchError:
+            return None  # no run folder: it never started, or its results were fetched
+        record = self._store(shell, execution, sink)
         if not record.get("ecode", b"").strip():
             return None
         return _result(execution, record, node, slot, started)
@@ -113,7 +114,8 @@ class Launcher:
         sink = ResultSink()
         pack = pack_command(self.run_dir(execution), rules)
         start = self.start_command(slot, execution, archive)
-        self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle))
+        self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle,
+                                          slot.allocation.id, archive.digest))
         errors: list[bytes] = []
         try:
             if execution.stream:
@@ -161,7 +163,7 @@ class Launcher:
                 await anyio.sleep(0.5 * 2 ** attempt)
                 continue
             if status == 97:
-                raise SSHError(f"{shell.name}: run folder of {execution.uuid} vanished")
+                raise LaunchError(f"{shell.name}: run folder of {execution.uuid} vanished")
             return sink
         raise error or SSHError(f"{shell.name}: could not reattach to {execution.uuid}")
 

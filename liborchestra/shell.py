@@ -16,8 +16,7 @@ from typing import Callable, Protocol
 import anyio
 
 from liborchestra.errors import ConnectionLostError
-from liborchestra.ssh import LOST_ERRORS as _LOST
-from liborchestra.ssh import Completed, HostPool
+from liborchestra.ssh import LOST_ERRORS, Completed, HostPool
 
 Sink = Callable[[bytes], None]
 _CHUNK = 65536
@@ -97,7 +96,7 @@ class SSHShell:
         async def pump(reader: object, sink: Sink) -> None:
             try:
                 await _pump(reader, sink)
-            except _LOST as error:  # surfaced once, below, not as an exception group
+            except LOST_ERRORS as error:  # surfaced once, below, not as an exception group
                 lost.append(error)
 
         async with self.pool.process(_bash(command)) as proc:
@@ -108,7 +107,7 @@ class SSHShell:
                     if input:
                         proc.stdin.write(input)
                     proc.stdin.write_eof()
-                except _LOST as error:
+                except LOST_ERRORS as error:
                     lost.append(error)
             if lost:
                 raise ConnectionLostError(f"{self.name}: connection lost: {lost[0]}")

@@ -23,7 +23,7 @@ import attrs
 from liborchestra.errors import ConnectionLostError, HostKeyError, SSHError
 
 log = logging.getLogger(__name__)
-LOST_ERRORS = _LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
+LOST_ERRORS = (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
          ConnectionResetError, EOFError)
 _FAILURE_MEMORY = 5.0  # seconds during which waiters share a failed connect instead of retrying
 
@@ -227,7 +227,7 @@ class HostPool:
                     process = await conn.conn.create_process(command, encoding=None)
                 except asyncssh.ChannelOpenError:
                     refused = conn
-                except _LOST as error:
+                except LOST_ERRORS as error:
                     self._drop(conn)
                     raise ConnectionLostError(
                         f"{self.endpoint}: connection lost: {error}") from None
@@ -235,7 +235,7 @@ class HostPool:
                     self.stats.channels += 1
                     try:
                         yield process
-                    except _LOST as error:
+                    except LOST_ERRORS as error:
                         self._drop(conn)
                         raise ConnectionLostError(
                             f"{self.endpoint}: connection lost: {error}") from None
@@ -250,7 +250,7 @@ class HostPool:
         async with self.process(command) as proc:
             try:
                 stdout, stderr = await proc.communicate(input)
-            except _LOST as error:
+            except LOST_ERRORS as error:
                 raise ConnectionLostError(f"{self.endpoint}: connection lost: {error}") from None
             status = proc.exit_status
             if status is None:

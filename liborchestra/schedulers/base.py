@@ -48,7 +48,6 @@ class Scheduler(abc.ABC):
     """Grants and releases allocations. One instance per engine."""
 
     kind: str = "abstract"
-    max_allocations: int = 1
 
     def __init__(self, profile: Profile, pool: SSHPool) -> None:
         self.profile, self.pool = profile, pool
@@ -80,8 +79,9 @@ class Scheduler(abc.ABC):
                         user=ssh.user, identities=ssh.identity, known_hosts=ssh.known_hosts,
                         config=ssh.config, jump=jump)
 
-    def reach(self, name: str) -> Node:
-        """How to reach a node by name outside any allocation (to recover a run on resume)."""
+    def reach(self, name: str, allocation: str | None = None) -> Node:
+        """How to reach a node by name outside any allocation (to recover a run on resume);
+        `allocation` is the one the run was placed in, when known."""
         login = self.login()
         filesystem = "cluster" if self.profile.shared_filesystem else name
         return Node(name=name, endpoint=self.endpoint(name, jump=login), filesystem=filesystem,

@@ -29,7 +29,6 @@ class ClusterScheduler(Scheduler):
         self._login = self.login()
         self.host = self._login.host
         self.shell = SSHShell(pool.host(self._login), self.host)
-        self.max_allocations = self.spec.max_allocations
 
     def error(self, text: str) -> SchedulerError:
         return SchedulerError(f"{self.kind} on {self.host}: {text}")

@@ -138,7 +138,6 @@ class CustomScheduler(Scheduler):
         if self.spec.custom is None:
             raise SchedulerError(f"{profile.source}: a custom profile needs its commands")
         self.commands = self.spec.custom
-        self.max_allocations = self.spec.max_allocations
         self._login = self.login()
         self._frontend = self._login.host if self._login else "localhost"
         self._variables: dict[str, dict[str, str]] = {}  # live allocation id -> RUNAWAY_*

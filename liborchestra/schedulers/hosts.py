@@ -43,7 +43,7 @@ class HostsScheduler(Scheduler):
                 tg.start_soon(probe, i)
         return Allocation(id="hosts", nodes=tuple(n for n in nodes if n is not None))
 
-    def reach(self, name: str) -> Node:
+    def reach(self, name: str, allocation: str | None = None) -> Node:
         port = next((h.port for h in self.profile.scheduler.hosts if h.host == name), None)
         filesystem = "shared" if self.profile.shared_filesystem else name
         return Node(name=name, endpoint=self.endpoint(name, port, self.login()),

@@ -19,7 +19,7 @@ class LocalScheduler(Scheduler):
                     gpus=self.profile.slots == "gpus")
         return Allocation(id="local", nodes=(node,))
 
-    def reach(self, name: str) -> Node:
+    def reach(self, name: str, allocation: str | None = None) -> Node:
         return Node(name=name, endpoint=None, filesystem="local", handles=())
 
     async def release(self, allocation: Allocation) -> None:

@@ -15,7 +15,7 @@ import uuid
 
 import anyio
 
-from liborchestra.schedulers.base import Allocation
+from liborchestra.schedulers.base import Allocation, Node, SrunReach
 from liborchestra.schedulers.cluster import ClusterScheduler, last_lines
 
 _JOB_ID = re.compile(r"job allocation (\d+)")
@@ -133,6 +133,15 @@ class SlurmScheduler(ClusterScheduler):
             raise self.error(f"job {job} has no nodes (scontrol said: {last_lines(out)})")
         srun = job if self.profile.reach == "srun" else None
         return self.allocation(job, nodes, limit, used, fixed=True, srun_job=srun)
+
+    def reach(self, name: str, allocation: str | None = None) -> Node:
+        """With `reach: srun`, a node is reached by a step of the job the run was placed in
+        (the site may forbid SSH to nodes); without that job, by SSH as usual."""
+        if self.profile.reach != "srun" or allocation is None:
+            return super().reach(name, allocation)
+        filesystem = "cluster" if self.profile.shared_filesystem else name
+        return Node(name=name, endpoint=None, filesystem=filesystem, handles=(),
+                    srun=SrunReach(self._login, allocation))
 
     async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
         out = await self.command(f"squeue -h -u \"$USER\" -n {shlex.quote(self.name)} -o '%i %T'",
