@@ -1,34 +1,31 @@
-"""Batch: drives a journaled sweep of executions through an engine.
+"""Batch: a sweep of executions, journaled at creation and driven by the shared loop.
 
-The journal holds the whole sweep; the driver pages through it and keeps only a window of
-executions in flight (about twice the live slots), so memory grows with running executions,
-not with the batch size. A failed execution (exit code != 0) is retried up to `retries` times;
-one lost to the infrastructure (dead connection, node or allocation) is requeued up to
-`crash_limit` times without touching the retry budget. `drain()` stops taking new work and
-lets running executions finish; cancellation puts running ones back in the queue.
+The whole sweep is written to the journal when the batch is created (streamed, so memory
+stays bounded for any size); the driver (driver.py) pages through it, keeping a window of
+executions in flight, and owns retries, requeues, the canary, recovery, drain and cancel. What
+is the batch's own: how a row becomes an execution, and the local post-command run in each
+output folder after fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import os
+import signal
 from pathlib import Path
 
-import anyio
 import attrs
 
-from liborchestra import events
+from liborchestra.driver import CanaryFailed, Source
 from liborchestra.engine import Engine
-from liborchestra.errors import OrchestraError
-from liborchestra.execution import Execution, Result, State
-from liborchestra.journal import Journal, Row, iter_chunks
+from liborchestra.execution import Execution, Result
+from liborchestra.journal import Row
 
-log = logging.getLogger(__name__)
+__all__ = ["BatchSettings", "CanaryFailed", "PostCommandFailed", "PostOutputCapped",
+           "SweepSource", "POST_ENV_LIMIT"]
 
-
-class CanaryFailed(OrchestraError):
-    """The first executions failed: the rest of the batch was not started."""
+POST_ENV_LIMIT = 64 * 1024  # bytes of stdout/stderr put in the post-command's environment
 
 
 @attrs.frozen
@@ -36,9 +33,6 @@ class BatchSettings:
     script: Path
     output: Path  # batch folder: one sub-folder per execution
     code: Path | None = None
-    retries: int = 0
-    crash_limit: int = 3
-    canary: int = 0
     post_command: str | None = None
     duration: float | None = None
     env: tuple[tuple[str, str], ...] = ()
@@ -53,156 +47,69 @@ class PostCommandFailed:
     status: int
 
 
-class Batch:
-    def __init__(self, engine: Engine, journal: Journal, settings: BatchSettings) -> None:
-        self.engine, self.journal, self.settings = engine, journal, settings
-        self._running: dict[str, Row] = {}  # run id -> row, for placement events
-        self._draining = False
-        self._changed = anyio.Condition()
-        self._inflight = 0
-        engine.listeners.append(self._on_event)
+@attrs.frozen
+class PostOutputCapped:
+    """An output was too large for the post-command's environment: it got the last
+    `limit` bytes there, and the whole file by path (RUNAWAY_STDOUT_PATH...)."""
 
-    def drain(self) -> None:
-        """Stop starting executions; those running finish and are fetched."""
-        self._draining = True
-        self.engine.drain()
+    uuid: str
+    stream: str
+    size: int
+    limit: int
 
-    async def run(self) -> dict[str, int]:
-        """Recover what an earlier driver left running, run the canary, then the rest."""
-        await self._recover()
-        if self.settings.canary:
-            await self._run_rows(self.journal.pending(0, self.settings.canary))
-            failed = [r for r in self.journal.rows(limit=self.settings.canary)
-                      if r.state in ("failed", "lost")]
-            if failed:
-                raise CanaryFailed(_canary_message(failed, self.settings.output))
-        await self._run_rows(iter_chunks(self.journal))
-        return self.journal.counts()
 
-    async def _run_rows(self, rows) -> None:
-        async with anyio.create_task_group() as tg:
-            for row in rows:
-                if self._draining:
-                    break
-                async with self._changed:
-                    while self._inflight >= self._window() and not self._draining:
-                        await self._changed.wait()
-                if self._draining:
-                    break
-                self._inflight += 1
-                tg.start_soon(self._one, row)
+class SweepSource(Source):
+    """The rows of a sweep, already in the journal; `done` runs the post-command."""
 
-    def _window(self) -> int:
-        return max(16, 2 * self.engine.slots.total())
+    def __init__(self, engine: Engine, settings: BatchSettings) -> None:
+        self.engine, self.settings = engine, settings
 
-    async def _one(self, row: Row) -> None:
-        attempts, lost = row.attempts, row.lost
-        try:
-            while True:
-                run_id = row.uuid if attempts == 0 else f"{row.uuid}.{attempts}"
-                self.journal.started(row.seq, run_id)
-                attempts += 1
-                self._running[run_id] = row
-                try:
-                    result = await self.engine.submit(self._execution(row, run_id))
-                finally:
-                    self._running.pop(run_id, None)
-                if result.state is State.CANCELLED and self._draining:
-                    self.journal.finished(row.seq, "queued", None, "drained")
-                    return
-                if result.state is State.LOST and lost < self.settings.crash_limit:
-                    lost += 1
-                    self.journal.finished(row.seq, "running", None, result.message, lost=True)
-                    continue
-                if result.state is State.FAILED and attempts <= self.settings.retries:
-                    self.journal.finished(row.seq, "running", result.ecode, "retrying")
-                    continue
-                await self._record(row, result)
-                return
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):  # interrupted: runs again on resume
-                self.journal.finished(row.seq, "queued", None, "interrupted")
-            raise
-        finally:
-            async with self._changed:
-                self._inflight -= 1
-                self._changed.notify_all()
-
-    def _execution(self, row: Row, run_id: str) -> Execution:
+    def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
         return Execution(script=s.script, args=row.argv, code=s.code, uuid=run_id,
                          output=s.output / row.uuid, duration=s.duration, env=s.env,
                          ship=s.ship)
 
-    async def _record(self, row: Row, result: Result) -> None:
-        state = {State.COMPLETED: "completed", State.FAILED: "failed",
-                 State.CANCELLED: "cancelled"}.get(result.state, "lost")
-        self.journal.finished(row.seq, state, result.ecode, result.message,
-                              lost=result.state is State.LOST)
+    async def done(self, row: Row, result: Result) -> None:
         if self.settings.post_command and result.output is not None:
-            await self._post(row, result)
+            await self._post(row, result.output, result.ecode)
 
-    async def _post(self, row: Row, result: Result) -> None:
-        folder = result.output
-        env = {**os.environ, "RUNAWAY_ECODE": str(result.ecode if result.ecode is not None else ""),
-               "RUNAWAY_STDOUT": (folder / "stdout").read_text(errors="replace"),
-               "RUNAWAY_STDERR": (folder / "stderr").read_text(errors="replace"),
+    async def _post(self, row: Row, folder: Path, ecode: int | None) -> None:
+        """The original's variables (RUNAWAY_STDOUT/STDERR hold the output, capped), the
+        paths of the whole files, and a process group killed on cancellation."""
+        env = {**os.environ, "RUNAWAY_ECODE": "" if ecode is None else str(ecode),
                "RUNAWAY_OUTPUT_FOLDER": str(folder), "RUNAWAY_UUID": row.uuid,
                "RUNAWAY_ARGUMENTS": row.label}
+        for stream in ("stdout", "stderr"):
+            path = folder / stream
+            text, size = _capped(path, POST_ENV_LIMIT)
+            env[f"RUNAWAY_{stream.upper()}"] = text
+            env[f"RUNAWAY_{stream.upper()}_PATH"] = str(path)
+            env[f"RUNAWAY_{stream.upper()}_TRUNCATED"] = "1" if size > POST_ENV_LIMIT else "0"
+            if size > POST_ENV_LIMIT:
+                self.engine.emit(PostOutputCapped(row.uuid, stream, size, POST_ENV_LIMIT))  # type: ignore[arg-type]
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", self.settings.post_command, cwd=folder, env=env)
-        status = await proc.wait()
+            "bash", "-c", self.settings.post_command, cwd=folder, env=env,
+            start_new_session=True)
+        try:
+            status = await proc.wait()
+        except BaseException:  # cancelled: the post-command and its children go too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.shield(proc.wait())
+            raise
         if status != 0:
             self.engine.emit(PostCommandFailed(row.uuid, status))  # type: ignore[arg-type]
 
-    async def _recover(self) -> None:
-        """Runs left `running` by a driver that died: fetch their results if they finished
-        remotely (or wait for them), else put them back in the queue."""
-        rows = self.journal.in_flight()
-        if not rows:
-            return
 
-        async def one(row: Row) -> None:
-            result = None
-            if row.run and row.node:
-                execution = self._execution(row, row.run)
-                result = await self.engine.recover(execution, row.node, row.slot)
-            if result is None or result.state is State.LOST:
-                self.journal.finished(row.seq, "queued", None, "requeued on resume")
-            else:
-                await self._record(row, result)
-
-        limiter = anyio.CapacityLimiter(32)
-
-        async def limited(row: Row) -> None:
-            async with limiter:
-                await one(row)
-
-        async with anyio.create_task_group() as tg:
-            for row in rows:
-                tg.start_soon(limited, row)
-        for allocation in self.journal.live_allocations():
-            await self.engine.release_stale(allocation)
-            self.journal.allocation(allocation, "released", "left by an earlier driver")
-
-    def _on_event(self, event: events.Event) -> None:
-        if isinstance(event, events.ExecutionStarted):
-            row = self._running.get(event.uuid)
-            if row is not None:
-                self.journal.placed(row.seq, event.node, event.slot)
-        elif isinstance(event, events.AllocationGranted):
-            self.journal.allocation(event.allocation, "granted")
-        elif isinstance(event, events.AllocationReleased):
-            self.journal.allocation(event.allocation, "released", event.reason)
-
-
-def _canary_message(failed: list[Row], output: Path) -> str:
-    lines = []
-    for row in failed[:5]:
-        stderr = output / row.uuid / "stderr"
-        tail = stderr.read_text(errors="replace").strip().splitlines()[-3:] \
-            if stderr.is_file() else []
-        why = f"exit {row.ecode}" if row.state == "failed" else (row.message or "lost")
-        lines.append(f"#{row.seq} [{row.label}] {why}" + (f": {' | '.join(tail)}" if tail else ""))
-    return (f"canary: {len(failed)} of the first executions failed; the rest was not started. "
-            + "; ".join(lines))
+def _capped(path: Path, limit: int) -> tuple[str, int]:
+    """The last `limit` bytes of a file (cut at a line start when it can), and its size."""
+    if not path.is_file():
+        return "", 0
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - limit))
+        data = f.read()
+    if size > limit and b"\n" in data:
+        data = data[data.index(b"\n") + 1:]
+    return data.decode(errors="replace").replace("\0", ""), size

@@ -11,14 +11,20 @@ import attrs
 
 
 class State(str, enum.Enum):
-    """Where an execution is. `lost` means the infrastructure failed it, not the script."""
+    """Where an execution is: the one vocabulary of the engine, the journal and the views.
+    `lost` means the infrastructure failed it, not the script."""
 
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = "queued"  # recorded, not handed to the engine yet
+    SUBMITTED = "submitted"  # handed to the engine (run id recorded), waiting for a slot
+    RUNNING = "running"  # placed on a slot (node, slot and allocation recorded)
     COMPLETED = "completed"  # the script ran and exited 0
     FAILED = "failed"  # the script ran and exited non-zero
     LOST = "lost"  # the connection, node or allocation died and the exit code is unknown
     CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (State.COMPLETED, State.FAILED, State.LOST, State.CANCELLED)
 
 
 def _new_uuid() -> str:

@@ -1,26 +1,39 @@
-"""Journal: the SQLite record of a batch, written by the driver only.
+"""Journal: the SQLite record of a driven run (a batch, a sched, a search...), written by
+its driver only.
 
-Every execution of a batch has one row, in sweep order: its arguments, state, attempts, where it
-ran and how it ended. The `running` transition is committed *before* the execution is launched,
-with the run id, so after a crash (even SIGKILL) `--resume` knows what was in flight and where,
-and can recover a result that finished remotely instead of running it again. WAL mode with
-synchronous=NORMAL: a commit survives the death of the process, and costs microseconds.
+Every execution has one row, in the order it was decided: its arguments, a JSON payload that
+belongs to the tool that decided it, its state, attempts, where it ran (node, slot, allocation)
+and how it ended. The `submitted` transition is committed *before* the execution is handed to
+the engine, with the run id, and `running` once it is placed, so after a crash (even SIGKILL)
+`--resume` knows what was in flight and where, and can recover a result that finished remotely
+instead of running it again. A final state is committed before the tool records the result
+(`recorded` = 0) and marked recorded after: a result whose recording a crash interrupted is
+recorded again on resume. WAL mode with synchronous=NORMAL: a commit survives the death of the
+process, and costs microseconds.
+
+The driver holds an OS lock on `<journal>.lock` for its whole life (`lease`): two drivers of
+one journal cannot both run, and a driver killed by SIGKILL leaves no stale lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import time
+import uuid as uuidlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
 
 from liborchestra.errors import OrchestraError
+from liborchestra.execution import State
 from liborchestra.transfer import OUTPUT_MARKER
 
+VERSION = 2  # schema version (meta `schema`); journals of version 1 are upgraded on open
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS executions (
@@ -44,7 +57,15 @@ CREATE TABLE IF NOT EXISTS allocations (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, granted REAL, released REAL, reason TEXT
 );
 """
-FINAL = ("completed", "failed", "lost", "cancelled")
+# columns added by version 2 (added to a version-1 journal when it is opened)
+COLUMNS_V2 = (
+    ("payload", "TEXT NOT NULL DEFAULT '{}'"),  # the deciding tool's data (JSON object)
+    ("allocation", "TEXT"),  # the allocation (Slurm job...) the current run is placed in
+    ("digest", "TEXT"),  # the code archive's SHA-256 of the current run
+    ("value", "REAL"),  # the objective, for tools that have one
+    ("recorded", "INTEGER NOT NULL DEFAULT 1"),  # 0: final, but the tool has not recorded it
+)
+IN_FLIGHT = (State.SUBMITTED.value, State.RUNNING.value)
 
 
 class JournalError(OrchestraError):
@@ -65,6 +86,14 @@ class Row:
     slot: str | None
     ecode: int | None
     message: str | None
+    payload: dict = attrs.field(factory=dict)
+    allocation: str | None = None
+    digest: str | None = None
+    value: float | None = None
+
+
+_COLUMNS = ("seq, uuid, argv, label, state, attempts, lost, run, node, slot, ecode, message, "
+            "payload, allocation, digest, value")
 
 
 class Journal:
@@ -85,6 +114,30 @@ class Journal:
             journal.db.executemany("INSERT INTO meta VALUES (?, ?)",
                                    [(k, json.dumps(v)) for k, v in meta.items()])
         return journal
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Be this journal's one driver while the block runs: an exclusive OS lock (taken
+        atomically, gone with the process whatever kills it), and the driver's pid in meta."""
+        handle = open(_lock_path(self.path), "a+")  # noqa: SIM115 (held for the whole block)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = self.meta().get("driver_pid")
+                raise JournalError(f"{self.path.parent.name}: already running (driver pid "
+                                   f"{pid}); wait for it, or cancel it") from None
+            self.set_meta("driver_pid", os.getpid())
+            try:
+                yield
+            finally:
+                self.set_meta("driver_pid", None)
+        finally:
+            handle.close()
+
+    def driver_alive(self) -> bool:
+        """Whether a driver holds this journal's lease now."""
+        return driver_alive(self.path)
 
     @classmethod
     def open(cls, path: Path) -> Journal:
@@ -109,20 +162,21 @@ class Journal:
 
     # -- executions ----------------------------------------------------------------------------
 
-    def add(self, points: Iterable[tuple[str, tuple[str, ...], str]], chunk: int = 5000) -> int:
-        """Insert (uuid, argv, label) rows in order, in chunks: bounded memory for any size."""
+    def add(self, points: Iterable[tuple], chunk: int = 5000) -> int:
+        """Insert (uuid, argv, label[, payload]) rows in order, in chunks: bounded memory for
+        any size."""
+        insert = "INSERT INTO executions (uuid, argv, label, payload) VALUES (?, ?, ?, ?)"
         total = 0
-        batch: list[tuple[str, str, str]] = []
+        batch: list[tuple[str, str, str, str]] = []
         with self.db:
-            for uuid, argv, label in points:
-                batch.append((uuid, json.dumps(list(argv)), label))
+            for uuid, argv, label, *payload in points:
+                batch.append((uuid, json.dumps(list(argv)), label,
+                              json.dumps(payload[0] if payload else {})))
                 if len(batch) >= chunk:
-                    self.db.executemany(
-                        "INSERT INTO executions (uuid, argv, label) VALUES (?, ?, ?)", batch)
+                    self.db.executemany(insert, batch)
                     total += len(batch)
                     batch.clear()
-            self.db.executemany("INSERT INTO executions (uuid, argv, label) VALUES (?, ?, ?)",
-                                batch)
+            self.db.executemany(insert, batch)
         return total + len(batch)
 
     def pending(self, after: int = 0, limit: int = 1000) -> list[Row]:
@@ -131,8 +185,18 @@ class Journal:
                           (after, limit))
 
     def in_flight(self) -> list[Row]:
-        """Rows that were running when the driver stopped."""
-        return self._rows("WHERE state = 'running' ORDER BY seq", ())
+        """Rows that were submitted or running when the driver stopped."""
+        return self._rows("WHERE state IN (?, ?) ORDER BY seq", IN_FLIGHT)
+
+    def unrecorded(self) -> list[Row]:
+        """Rows that reached a final state whose recording by the tool was interrupted."""
+        return self._rows("WHERE recorded = 0 ORDER BY seq", ())
+
+    def get(self, seq: int) -> Row:
+        rows = self._rows("WHERE seq = ?", (seq,))
+        if not rows:
+            raise JournalError(f"{self.path}: no execution #{seq}")
+        return rows[0]
 
     def rows(self, state: str | None = None, limit: int = 1_000_000) -> list[Row]:
         if state is None:
@@ -140,28 +204,43 @@ class Journal:
         return self._rows("WHERE state = ? ORDER BY seq LIMIT ?", (state, limit))
 
     def _rows(self, where: str, args: tuple) -> list[Row]:
-        query = ("SELECT seq, uuid, argv, label, state, attempts, lost, run, node, slot, ecode, "
-                 f"message FROM executions {where}")
-        return [Row(r[0], r[1], tuple(json.loads(r[2])), *r[3:]) for r in
-                self.db.execute(query, args)]
+        query = f"SELECT {_COLUMNS} FROM executions {where}"
+        return [Row(r[0], r[1], tuple(json.loads(r[2])), *r[3:12], json.loads(r[12] or "{}"),
+                    *r[13:]) for r in self.db.execute(query, args)]
 
     def started(self, seq: int, run: str) -> None:
+        """Handed to the engine as run `run` (committed before it can start anywhere)."""
         with self.db:
-            self.db.execute("UPDATE executions SET state = 'running', run = ?, started = ?, "
-                            "attempts = attempts + 1 WHERE seq = ?", (run, time.time(), seq))
+            self.db.execute("UPDATE executions SET state = ?, run = ?, started = ?, "
+                            "node = NULL, slot = NULL, allocation = NULL, "
+                            "attempts = attempts + 1 WHERE seq = ?",
+                            (State.SUBMITTED.value, run, time.time(), seq))
 
-    def placed(self, seq: int, node: str, slot: str) -> None:
+    def placed(self, seq: int, node: str, slot: str, allocation: str | None = None,
+               digest: str | None = None) -> None:
         with self.db:
-            self.db.execute("UPDATE executions SET node = ?, slot = ? WHERE seq = ?",
-                            (node, slot, seq))
+            self.db.execute("UPDATE executions SET state = ?, node = ?, slot = ?, allocation = ?, "
+                            "digest = COALESCE(?, digest) WHERE seq = ?",
+                            (State.RUNNING.value, node, slot, allocation, digest, seq))
 
     def finished(self, seq: int, state: str, ecode: int | None, message: str = "",
-                 lost: bool = False) -> None:
+                 lost: bool = False, recorded: bool = True, value: float | None = None) -> None:
         with self.db:
             self.db.execute(
                 "UPDATE executions SET state = ?, ecode = ?, message = ?, finished = ?, "
-                "lost = lost + ? WHERE seq = ?",
-                (state, ecode, message, time.time(), int(lost), seq))
+                "lost = lost + ?, recorded = ?, value = ? WHERE seq = ?",
+                (state, ecode, message, time.time(), int(lost), int(recorded), value, seq))
+
+    def recorded(self, seq: int, value: float | None = None) -> None:
+        """The tool recorded the final result of `seq` (and its objective value, if any)."""
+        with self.db:
+            self.db.execute("UPDATE executions SET recorded = 1, value = ? WHERE seq = ?",
+                            (value, seq))
+
+    def update_payload(self, seq: int, payload: dict) -> None:
+        with self.db:
+            self.db.execute("UPDATE executions SET payload = ? WHERE seq = ?",
+                            (json.dumps(payload), seq))
 
     def requeue(self, states: Iterable[str]) -> int:
         """Put executions in these states back in the queue (retry); returns how many."""
@@ -198,15 +277,31 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    _upgrade(db)
     return db
 
 
-def batch_dir(name: str, root: Path | None = None) -> Path:
-    return (root or Path.cwd() / "batch") / name
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a journal written by an earlier version to this schema, in one transaction."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    version = json.loads(row[0]) if row else 1
+    if version > VERSION:
+        raise sqlite3.DatabaseError(f"written by a newer version (schema {version}; this one "
+                                    f"reads up to {VERSION})")
+    if version == VERSION:
+        return
+    have = {r[1] for r in db.execute("PRAGMA table_info(executions)")}
+    with db:
+        for name, kind in COLUMNS_V2:
+            if name not in have:
+                db.execute(f"ALTER TABLE executions ADD COLUMN {name} {kind}")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (json.dumps(VERSION),))
 
 
-def journal_path(name: str, root: Path | None = None) -> Path:
-    return batch_dir(name, root) / "journal.sqlite"
+def default_name(stem: str) -> str:
+    """A name for an unnamed run: the script, the time, and a random tag (two runs started in
+    the same second must not share a folder)."""
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuidlib.uuid4().hex[:4]}"
 
 
 def iter_chunks(journal: Journal, size: int = 1000) -> Iterator[Row]:
@@ -220,14 +315,19 @@ def iter_chunks(journal: Journal, size: int = 1000) -> Iterator[Row]:
         after = page[-1].seq
 
 
-def driver_alive(meta: dict[str, object]) -> bool:
-    """Whether the driver recorded in the journal still runs (same pid and start time)."""
-    pid = meta.get("driver_pid")
-    if not isinstance(pid, int):
+def _lock_path(journal: Path) -> Path:
+    return journal.with_name(journal.name + ".lock")
+
+
+def driver_alive(journal: Path) -> bool:
+    """Whether a driver holds the lease of the journal at `journal` (it runs now)."""
+    lock = _lock_path(journal)
+    if not lock.exists():
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            started = f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
         return False
-    return started == str(meta.get("driver_start")) and os.path.exists(f"/proc/{pid}")

@@ -1,11 +1,13 @@
 """Sched: an external scheduler program chooses the parameters of every execution.
 
-The protocol and the program live in sched_protocol.py. The driver keeps every slot busy plus
-one execution ahead (so elastic allocations can grow), asks for parameters before recording
-outputs when both wait (a free slot does not wait on a slow record), retries NOT_READY with
-backoff (sooner after each record), requeues executions lost to the infrastructure with the
-same parameters (`crash_limit` times), and when the program fails or on `drain()` stops asking
-and lets running executions finish, be fetched and recorded. Never prints: events.
+A source of the shared driver loop (driver.py), which journals every point, requeues lost
+executions with the same parameters, drains, and resumes after a crash. The protocol and the
+program live in sched_protocol.py. The source keeps every slot busy plus one execution ahead
+(so elastic allocations can grow), asks for parameters before recording outputs when both wait
+(a free slot does not wait on a slow record), retries NOT_READY with backoff (sooner after
+each record), and when the program fails stops asking: running executions finish, are fetched
+and recorded. On resume the program is started again and fed the recorded history. Never
+prints: events.
 
 Features: an execution exports numbers by writing a file `features` into its run folder (a
 JSON list, or numbers separated by spaces) or a stdout line `RUNAWAY_FEATURES: 1.0 2.5` (the
@@ -16,19 +18,21 @@ JSON list (null for NaN and infinities).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
+import shlex
 import uuid as uuidlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import attrs
 
+from liborchestra.driver import Driver, Source, Work
 from liborchestra.engine import Engine
-from liborchestra.events import ExecutionStarted
 from liborchestra.execution import Execution, Result, State
+from liborchestra.journal import Row
 from liborchestra.sched_protocol import (
     FINISHED,
     PARAMETERS,
@@ -41,9 +45,9 @@ from liborchestra.sched_protocol import (
 )
 from liborchestra.transfer import OUTPUT_MARKER
 
-__all__ = ["Sched", "SchedSettings", "SchedProtocolError", "SchedulerProgram", "Response",
+__all__ = ["SchedSource", "SchedSettings", "SchedProtocolError", "SchedulerProgram", "Response",
            "encode", "decode", "split_parameters", "parse_features", "find_features",
-           "SchedulerStderr", "PointRecorded", "PointRequeued", "FeaturesInvalid",
+           "SchedulerStderr", "PointRecorded", "FeaturesInvalid",
            "SchedulerFailed"]
 
 FEATURES_PREFIX = "RUNAWAY_FEATURES:"
@@ -89,13 +93,6 @@ class PointRecorded:
 
 
 @attrs.frozen
-class PointRequeued:
-    uuid: str
-    attempt: int
-    message: str
-
-
-@attrs.frozen
 class SchedulerFailed:
     """The search stops (the program failed, or executions keep being lost); the `running`
     executions finish and are fetched first."""
@@ -110,180 +107,111 @@ class FeaturesInvalid:
     message: str
 
 
-# -- the driver ----------------------------------------------------------------------------------
+# -- the source ----------------------------------------------------------------------------------
 
 @attrs.frozen
 class SchedSettings:
     script: Path
-    output: Path  # sched folder: one sub-folder per execution, named by its uuid
+    output: Path  # sched folder: the journal, and one sub-folder per execution (its uuid)
     command: str
     code: Path | None = None
-    crash_limit: int = 3
     duration: float | None = None
     ahead: int = 1  # executions asked for beyond the live slots (so allocations can grow)
     env: dict[str, str] = attrs.field(factory=dict)  # for the scheduler program
 
 
-class Sched:
+class SchedSource(Source):
+    """The scheduler program decides every execution; its records are what `done` writes.
+    On resume the program is started again and fed the recorded history (one
+    RECORD_OUTPUT_REQUEST per execution recorded before) before it is asked for anything."""
+
     def __init__(self, engine: Engine, settings: SchedSettings) -> None:
         self.engine, self.settings = engine, settings
         self.program = SchedulerProgram(
             settings.command, env=settings.env, on_failure=self._failed, hungry=self._hungry,
             on_stderr=lambda line: engine.emit(SchedulerStderr(line)))  # type: ignore[arg-type]
-        self.counts: dict[str, int] = {}
         self.finished = False  # the scheduler said SEARCH_FINISHED_RESPONSE
         self.failure: str | None = None  # executions keep being lost
-        self._draining = False
-        self._inflight = 0
-        self._feeding = False  # the feed loop runs and is not backing off
+        self.driver: Driver | None = None
+        self._asking = False  # a GET is on its way
+        self._backing_off = False  # waiting after NOT_READY_RESPONSE
+        self._replayed = False  # the history was fed to the program (GETs may come)
         self._lost_streak = 0
-        self._wake = anyio.Event()
         self._recorded = anyio.Event()
-        self._waiting: dict[str, asyncio.Future[Result]] = {}  # run id -> not started yet
-        self._dropped: set[str] = set()  # run ids cancelled by drain()
-        engine.listeners.append(self._on_event)
 
-    def drain(self) -> None:
-        """Ask for no more parameters; running executions finish, are fetched and recorded;
-        those still waiting for a slot are cancelled (and recorded as cancelled)."""
-        self._draining = True
-        for run_id, future in self._waiting.items():
-            self._dropped.add(run_id)
-            future.cancel()
-        self._poke()
+    # -- Source ----------------------------------------------------------------------------------
 
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, ExecutionStarted):
-            self._waiting.pop(event.uuid, None)
-        self._poke()
-
-    async def run(self) -> dict[str, int]:
-        """Until the search finishes (or drain, or failure); counts of states. Raises
-        SchedProtocolError after draining when the program failed."""
+    @contextlib.asynccontextmanager
+    async def open(self, driver: Driver) -> AsyncIterator[None]:
+        self.driver = driver
         self.settings.output.mkdir(parents=True, exist_ok=True)
         (self.settings.output / OUTPUT_MARKER).touch()  # never shipped as code
-        grace = 5.0
+        cancelled = False
         await self.program.start()
         async with anyio.create_task_group() as background:
             self.program.serve(background)
             try:
-                async with anyio.create_task_group() as executions:
-                    await self._feed(executions)
-                if self.program.error is None:
-                    await self.program.shutdown()
+                for row in driver.journal.rows():  # the history, in order
+                    if row.state in _RECORDED and self.program.error is None:
+                        with contextlib.suppress(SchedProtocolError):
+                            await self.program.record_output(**self._record(row, State(row.state)))
+                self._replayed = True
+                yield
             except anyio.get_cancelled_exc_class():
-                grace = 0.5  # cancelled (second Ctrl-C): end the program now
+                cancelled = True  # second Ctrl-C: end the program now
                 raise
             finally:
-                await self.program.close(grace if self.program.error is None else 2)
-                background.cancel_scope.cancel()
-        if self.program.error or self.failure:
-            raise SchedProtocolError(self.program.error or self.failure)
-        return self.counts
+                with anyio.CancelScope(shield=True):
+                    try:
+                        if self.program.error is None and not cancelled:
+                            await self.program.shutdown()
+                    finally:
+                        await self.program.close(0.5 if cancelled else 5.0
+                                                 if self.program.error is None else 2.0)
+                        background.cancel_scope.cancel()
 
-    def _stopping(self) -> bool:
-        return self._draining or self.program.error is not None or self.failure is not None
-
-    def _poke(self) -> None:
-        self._wake.set()
-
-    def _failed(self) -> None:
-        self._poke()
-        self.engine.emit(SchedulerFailed(self.program.error or "", self._inflight))  # type: ignore
-
-    def _hungry(self) -> bool:
-        """A slot is free (or about to be) and its GET is coming: records wait for it."""
-        return self._feeding and not self._stopping() and \
-            self._inflight < self.engine.slots.total() + self.settings.ahead
-
-    async def _feed(self, tg: anyio.abc.TaskGroup) -> None:
-        self._feeding = True
-        try:
-            while not self._stopping():
-                while not self._hungry() and not self._stopping():
-                    self._wake = anyio.Event()
-                    with anyio.move_on_after(1):
-                        await self._wake.wait()
-                if self._stopping():
-                    return
-                point = str(uuidlib.uuid4())
-                try:
-                    parameters = await self._ask(point)
-                    if parameters is None or self._draining:
-                        return
-                    argv = split_parameters(parameters)
-                except SchedProtocolError as error:
-                    self.program.fail(str(error))
-                    return
-                self._inflight += 1
-                tg.start_soon(self._one, point, parameters, argv)
-        finally:
-            self._feeding = False
-
-    async def _ask(self, point: str) -> str | tuple[str, ...] | None:
+    async def next(self, n: int) -> list[Work] | None:
         wait = BACKOFF[0]
         while not self._stopping():
-            response = await self.program.get_parameters(point)
-            if response.kind == FINISHED:
-                self.finished = True
+            point = str(uuidlib.uuid4())
+            try:
+                self._asking = True
+                response = await self.program.get_parameters(point)
+                if response.kind == FINISHED:
+                    self.finished = True
+                    return None
+                if response.kind == PARAMETERS:
+                    argv = split_parameters(response.parameters)
+                    shown = response.parameters if isinstance(response.parameters, str) \
+                        else shlex.join(response.parameters)
+                    return [Work(argv, shown, {"parameters": response.parameters}, point)]
+            except SchedProtocolError as error:
+                self.program.fail(str(error))
                 return None
-            if response.kind == PARAMETERS:
-                return response.parameters
-            self._recorded = anyio.Event()  # not ready: retry later, or after the next record
-            self._feeding = False  # meanwhile records go first
+            finally:
+                self._asking = False  # not ready, or between asks: records go first
+            self._recorded = anyio.Event()  # not ready: again later, or after the next record
+            self._backing_off = True  # meanwhile records go first
             with anyio.move_on_after(wait):
                 await self._recorded.wait()
-            self._feeding = True
+            self._backing_off = False
             wait = min(2 * wait, BACKOFF[1])
         return None
 
-    async def _one(self, point: str, parameters: str | tuple[str, ...],
-                   argv: tuple[str, ...]) -> None:
+    def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
-        try:
-            for attempt in range(s.crash_limit + 1):
-                run_id = point if attempt == 0 else f"{point}.{attempt}"
-                execution = Execution(script=s.script, args=argv, code=s.code, uuid=run_id,
-                                      output=s.output / point, duration=s.duration)
-                result = await self._submit(execution)
-                if result.state is not State.LOST or attempt == s.crash_limit:
-                    break
-                self.engine.emit(PointRequeued(point, attempt + 1, result.message))  # type: ignore
-        finally:
-            self._inflight -= 1  # the slot is free: ask for its next point while we record
-            self._poke()
-        await self._record(point, parameters, result)
+        return Execution(script=s.script, args=row.argv, code=s.code, uuid=run_id,
+                         output=s.output / row.uuid, duration=s.duration)
 
-    async def _submit(self, execution: Execution) -> Result:
-        future = self._waiting[execution.uuid] = self.engine.submit(execution)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if execution.uuid not in self._dropped:
-                raise
-            return Result(execution, State.CANCELLED, message="drained before it started")
-        finally:
-            self._waiting.pop(execution.uuid, None)
+    def window(self, slots: int) -> int:
+        return slots + self.settings.ahead
 
-    async def _record(self, point: str, parameters: str | tuple[str, ...],
-                      result: Result) -> None:
-        state = result.state.value
-        self.counts[state] = self.counts.get(state, 0) + 1
+    async def done(self, row: Row, result: Result) -> float | None:
         self._lost_streak = self._lost_streak + 1 if result.state is State.LOST else 0
-        if self._lost_streak >= LOST_STREAK:
+        if self._lost_streak >= LOST_STREAK and self.failure is None:
             self.failure = f"{self._lost_streak} executions in a row were lost: {result.message}"
-            self.engine.emit(SchedulerFailed(self.failure, self._inflight))  # type: ignore
-        folder = self.settings.output / point
-        stdout, stderr = _tail(folder / "stdout"), _tail(folder / "stderr")
-        try:
-            features = find_features(folder, stdout)
-        except ValueError as error:
-            self.engine.emit(FeaturesInvalid(point, str(error)))  # type: ignore[arg-type]
-            features = ()
-        record = {"uuid": point, "parameters": parameters, "stdout": stdout, "stderr": stderr,
-                  "ecode": result.ecode, "features": " ".join(map(repr, features)),
-                  "path": str(folder), "state": state,
-                  "feature_values": [v if math.isfinite(v) else None for v in features]}
+            self._stop(self.failure)
+        record = self._record(row, result.state, result.ecode)
         with open(self.settings.output / "sched.jsonl", "a") as log:
             log.write(json.dumps({k: v for k, v in record.items()
                                   if k not in ("stdout", "stderr")}) + "\n")
@@ -291,8 +219,53 @@ class Sched:
             with contextlib.suppress(SchedProtocolError):  # the error is program.error
                 await self.program.record_output(**record)
         self._recorded.set()
-        self.engine.emit(PointRecorded(point, parameters, state, result.ecode,  # type: ignore
-                                       features))
+        features = tuple(v for v in record["feature_values"] if v is not None)
+        self.engine.emit(PointRecorded(row.uuid, row.payload.get("parameters", row.label),  # type: ignore
+                                       result.state.value, result.ecode, features))
+        return features[0] if features else None
+
+    # -- the program's side ------------------------------------------------------------------------
+
+    def error(self) -> str | None:
+        """Why the search stopped early (the program failed, or executions kept being lost)."""
+        return self.program.error or self.failure
+
+    def _stopping(self) -> bool:
+        return self.program.error is not None or self.failure is not None or \
+            (self.driver is not None and self.driver.draining)
+
+    def _stop(self, message: str) -> None:
+        if self.driver is not None:
+            self.engine.emit(SchedulerFailed(message, self.driver.inflight))  # type: ignore
+            self.driver.drain()
+
+    def _failed(self) -> None:
+        self._stop(self.program.error or "")
+
+    def _hungry(self) -> bool:
+        """A slot is free (or about to be) and its GET is coming: records wait for it."""
+        driver = self.driver
+        if not self._replayed or self.finished or self._backing_off or self._stopping():
+            return False
+        return self._asking or driver.inflight < self.window(self.engine.slots.total())
+
+    def _record(self, row: Row, state: State, ecode: int | None = None) -> dict:
+        folder = self.settings.output / row.uuid
+        stdout, stderr = _tail(folder / "stdout"), _tail(folder / "stderr")
+        try:
+            features = find_features(folder, stdout) if folder.is_dir() else ()
+        except ValueError as error:
+            self.engine.emit(FeaturesInvalid(row.uuid, str(error)))  # type: ignore[arg-type]
+            features = ()
+        return {"uuid": row.uuid, "parameters": row.payload.get("parameters", row.label),
+                "stdout": stdout, "stderr": stderr,
+                "ecode": ecode if ecode is not None else row.ecode,
+                "features": " ".join(map(repr, features)), "path": str(folder),
+                "state": state.value,
+                "feature_values": [v if math.isfinite(v) else None for v in features]}
+
+
+_RECORDED = (State.COMPLETED.value, State.FAILED.value, State.LOST.value, State.CANCELLED.value)
 
 
 def _tail(path: Path) -> str:

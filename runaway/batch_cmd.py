@@ -16,11 +16,12 @@ from pathlib import Path
 import anyio
 
 from liborchestra import params
-from liborchestra.batch import Batch, BatchSettings
+from liborchestra.batch import BatchSettings, SweepSource
+from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution
-from liborchestra.journal import Journal, JournalError, driver_alive
+from liborchestra.journal import Journal, JournalError, default_name
 from liborchestra.profile import load_profile
 from runaway.progress import Progress, mode_for
 from runaway.render import Renderer
@@ -50,6 +51,9 @@ def add_parsers(sub, shared) -> None:
                    help="requeue an execution lost to the infrastructure up to N times")
     b.add_argument("--canary", type=int, default=0, metavar="N",
                    help="run N executions first; stop if any fails")
+    b.add_argument("--recover-patience", type=float, default=300.0, metavar="SECONDS",
+                   help="on resume, how long to keep trying a node that cannot be reached "
+                        "before its runs are fenced off and run again elsewhere (default 300)")
     b.add_argument("-p", "--post-command", help="run locally in each output folder after fetch")
     b.add_argument("--duration", help="expected duration of each execution (e.g. 20m)")
     b.add_argument("--code", type=Path, help="folder to ship (default: the script's folder)")
@@ -93,11 +97,12 @@ def _new(args: argparse.Namespace) -> tuple[Journal, dict]:
         raise OrchestraError(f"{args.script}: no such script")
     sweep = _sweep(args)
     profile = load_profile(args.profile)  # fails now, not after the journal exists
-    name = args.name or f"{args.script.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or default_name(args.script.stem)
     meta = {
         "name": name, "profile": _profile_ref(args.profile), "script": str(args.script.resolve()),
         "code": str(args.code.resolve()) if args.code else None, "retries": args.retries,
         "crash_limit": args.crash_limit, "canary": args.canary,
+        "recover_patience": args.recover_patience,
         "post_command": args.post_command, "duration": args.duration, "leave": args.leave,
         "send_ignore": args.send_ignore, "fetch_ignore": args.fetch_ignore,
         "ship": {k: str(v.resolve()) for k, v in sweep.ship.items()}, "total": sweep.count,
@@ -129,6 +134,7 @@ async def retry(args: argparse.Namespace, renderer: Renderer, signals) -> int:
     meta = journal.meta()
     states = (["failed"] if args.failed or not args.lost else []) + (["lost"] if args.lost else [])
     count = journal.requeue(states)
+    journal.set_meta("canary_passed", False)  # the code may have changed: judge it again
     renderer.note(f"{count} execution(s) queued again ({', '.join(states)})")
     return await _drive(journal, meta, renderer, signals, args.json)
 
@@ -138,46 +144,41 @@ def _open(args: argparse.Namespace) -> Journal:
     if not path.is_file():
         raise OrchestraError(f"no batch named {args.name!r} (no {path})")
     journal = Journal.open(path)
-    if driver_alive(journal.meta()):
+    if journal.driver_alive():
         raise JournalError(f"batch {args.name!r} is running (driver pid "
                            f"{journal.meta()['driver_pid']}); wait, or `runaway cancel` it")
     return journal
 
 
 async def _drive(journal: Journal, meta: dict, renderer: Renderer, signals, json: bool) -> int:
-    if driver_alive(meta):
-        raise JournalError(f"batch {meta['name']!r} is already running (pid "
-                           f"{meta['driver_pid']})")
-    journal.set_meta("driver_pid", os.getpid())
-    journal.set_meta("driver_start", _start_time())
-    profile = load_profile(str(meta["profile"]))
-    folder = journal.path.parent
-    settings = BatchSettings(
-        script=Path(meta["script"]), output=folder,
-        code=Path(meta["code"]) if meta.get("code") else None,
-        retries=int(meta["retries"]), crash_limit=int(meta["crash_limit"]),
-        canary=int(meta["canary"]), post_command=meta.get("post_command"),
-        duration=_duration(meta.get("duration")),
-        ship=tuple((k, Path(v)) for k, v in (meta.get("ship") or {}).items()))
-    async with Engine(profile, leave=str(meta["leave"]), send_ignore=str(meta["send_ignore"]),
-                      fetch_ignore=str(meta["fetch_ignore"])) as engine:
-        progress = Progress(journal, engine, mode_for(json), renderer.console)
-        engine.listeners.append(progress.event)
-        runner = Batch(engine, journal, settings)
-        signals.on_first = lambda: (runner.drain(), renderer.note(
-            "draining: no new executions; running ones finish (Ctrl-C again: cancel now)"))
-        with progress:
-            async with anyio.create_task_group() as tg:
-                async def refresh() -> None:
-                    while True:
-                        progress.refresh()
-                        await anyio.sleep(REFRESH)
+    with journal.lease():
+        profile = load_profile(str(meta["profile"]))
+        folder = journal.path.parent
+        settings = BatchSettings(
+            script=Path(meta["script"]), output=folder,
+            code=Path(meta["code"]) if meta.get("code") else None,
+            post_command=meta.get("post_command"), duration=_duration(meta.get("duration")),
+            ship=tuple((k, Path(v)) for k, v in (meta.get("ship") or {}).items()))
+        async with Engine(profile, leave=str(meta["leave"]),
+                          send_ignore=str(meta["send_ignore"]),
+                          fetch_ignore=str(meta["fetch_ignore"])) as engine:
+            progress = Progress(journal, engine, mode_for(json), renderer.console)
+            engine.listeners.append(progress.event)
+            driver = Driver(engine, journal, SweepSource(engine, settings),
+                            Policy.from_meta(meta))
+            signals.on_first = lambda: (driver.drain(), renderer.note(
+                "draining: no new executions; running ones finish (Ctrl-C again: cancel now)"))
+            with progress:
+                async with anyio.create_task_group() as tg:
+                    async def refresh() -> None:
+                        while True:
+                            progress.refresh()
+                            await anyio.sleep(REFRESH)
 
-                tg.start_soon(refresh)
-                await runner.run()
-                tg.cancel_scope.cancel()
-    progress.summary(_failures(journal))
-    journal.set_meta("driver_pid", None)
+                    tg.start_soon(refresh)
+                    await driver.run()
+                    tg.cancel_scope.cancel()
+        progress.summary(_failures(journal))
     counts = journal.counts()
     return 0 if set(counts) <= {"completed"} else 1
 
@@ -206,7 +207,7 @@ def status(args: argparse.Namespace, renderer: Renderer) -> int:
         raise OrchestraError(f"no batch named {args.name!r} (no {path})")
     journal = Journal.open(path)
     meta, counts = journal.meta(), journal.counts()
-    state = "running" if driver_alive(meta) else "stopped"
+    state = "running" if journal.driver_alive() else "stopped"
     total = sum(counts.values())
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{meta['name']}: {total} executions ({parts}); driver {state}; folder {path.parent}")
@@ -221,27 +222,23 @@ async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
         raise OrchestraError(f"no batch named {args.name!r} (no {path})")
     journal = Journal.open(path)
     meta = journal.meta()
-    if driver_alive(meta):  # one writer: ask the driver to cancel, it records it
+    if journal.driver_alive():  # one writer: ask the driver to cancel, it records it
         os.kill(int(meta["driver_pid"]), signal.SIGTERM)
         renderer.note(f"asked the driver (pid {meta['driver_pid']}) to cancel")
         return 0
     profile = load_profile(str(meta["profile"]))
-    async with Engine(profile) as engine:
-        for row in journal.in_flight():
-            if row.run and row.node:
-                execution = Execution(script=Path(meta["script"]), uuid=row.run)
-                shell = engine.shell(engine.scheduler.reach(row.node))
-                await engine.launcher.kill(shell, execution)
-            journal.finished(row.seq, "cancelled", None, "cancelled")
-        for allocation in journal.live_allocations():
-            await engine.release_stale(allocation)
-            journal.allocation(allocation, "released", "cancelled")
-    with journal.db:
-        journal.db.execute("UPDATE executions SET state = 'cancelled' WHERE state = 'queued'")
+    with journal.lease():  # no driver may resume while this cleans up
+        async with Engine(profile) as engine:
+            for row in journal.in_flight():
+                if row.run and row.node:
+                    execution = Execution(script=Path(meta["script"]), uuid=row.run)
+                    shell = engine.shell(engine.scheduler.reach(row.node, row.allocation))
+                    await engine.launcher.kill(shell, execution)
+                journal.finished(row.seq, "cancelled", None, "cancelled")
+            for allocation in journal.live_allocations():
+                await engine.release_stale(allocation)
+                journal.allocation(allocation, "released", "cancelled")
+        with journal.db:
+            journal.db.execute("UPDATE executions SET state = 'cancelled' WHERE state = 'queued'")
     renderer.note(f"batch {args.name!r} cancelled")
     return 0
-
-
-def _start_time() -> str:
-    with open(f"/proc/{os.getpid()}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[19]

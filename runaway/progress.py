@@ -13,14 +13,19 @@ import anyio
 import attrs
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from liborchestra import events
+from liborchestra import driver, events
+from liborchestra.batch import PostCommandFailed, PostOutputCapped
 from liborchestra.engine import Engine
+from liborchestra.execution import State
 from liborchestra.journal import Journal
 
-STATES = ("completed", "failed", "lost", "running", "queued", "cancelled")
+# the one vocabulary of states (liborchestra.execution.State), in the order a view shows them
+STATES = tuple(s.value for s in (State.COMPLETED, State.FAILED, State.LOST, State.RUNNING,
+                                 State.SUBMITTED, State.QUEUED, State.CANCELLED))
 
 
 class Progress:
@@ -31,10 +36,40 @@ class Progress:
         self._live: Live | None = None
         self._last_line = 0.0
         self.total = sum(journal.counts().values())
+        self._said: set[str] = set()
 
     def event(self, event: events.Event) -> None:
         if self.mode == "json":
             print(json.dumps(_as_json(event)), flush=True)
+            return
+        text = self._notable(event)
+        if text:
+            self.console.print(f"[dim]runaway: {escape(text)}[/dim]", highlight=False)
+
+    def _notable(self, event: object) -> str | None:
+        """What a person should read about, once, beside the counts."""
+        if isinstance(event, PostOutputCapped):
+            if event.stream in self._said:
+                return None
+            self._said.add(event.stream)
+            name = f"RUNAWAY_{event.stream.upper()}"
+            return (f"post-command: {event.stream} of {event.uuid[:8]} is {event.size} bytes; "
+                    f"{name} holds its last {event.limit // 1024} KiB and {name}_PATH the "
+                    "whole file (said once)")
+        if isinstance(event, PostCommandFailed):
+            return f"post-command of {event.uuid[:8]} exited {event.status}"
+        if isinstance(event, events.AllocationRefused):
+            then = f"asking again in {event.retry_in:.0f} s" if event.retry_in is not None \
+                else "the waiting executions fail"
+            return f"allocation refused: {event.message}; {then}"
+        if isinstance(event, driver.RecoveryWaiting):
+            return f"{event.node} unreachable while recovering {event.uuid[:8]}: {event.message}"
+        if isinstance(event, driver.RunFenced):
+            return (f"gave up on {event.run} on {event.node} (unreachable): it runs again, and "
+                    "what it reports later is ignored")
+        if isinstance(event, driver.RecordFailed):
+            return f"recording {event.uuid[:8]} failed: {event.message}"
+        return None
 
     def __enter__(self) -> Progress:
         if self.mode == "live":
@@ -66,7 +101,7 @@ class Progress:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def _eta(self, counts: dict[str, int]) -> str:
-        left = counts.get("queued", 0) + counts.get("running", 0)
+        left = counts.get("queued", 0) + counts.get("running", 0) + counts.get("submitted", 0)
         rate = self.rate()
         if not left:
             return "-"
@@ -97,6 +132,7 @@ class Progress:
             ("failed ", "bold"), (f"{counts.get('failed', 0)} ", "red"),
             ("lost ", "bold"), (f"{counts.get('lost', 0)} ", "yellow"),
             ("running ", "bold"), (f"{counts.get('running', 0)} ", "cyan"),
+            ("waiting ", "bold"), (f"{counts.get('submitted', 0)} ", ""),
             ("queued ", "bold"), (f"{counts.get('queued', 0)} ", ""),
             (f"of {self.total}   slots {slots.busy()}/{slots.total()}   "
              f"{self.rate():.1f}/s   eta {self._eta(counts)}   "

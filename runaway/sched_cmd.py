@@ -3,7 +3,8 @@
 The scheduler command runs locally (`bash -c`) and speaks the JSON-lines protocol of the
 original runaway (see liborchestra/sched.py). Results land in `./sched/<name>/<uuid>/` like
 batch's (fetched files plus `ecode`, `stdout`, `stderr`), with `sched.jsonl` beside them: one
-line per recorded execution (uuid, parameters, state, exit code, features).
+line per recorded execution (uuid, parameters, state, exit code, features), and the journal
+(`journal.sqlite`) that `--resume --name NAME` continues from.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from pathlib import Path
 
 from liborchestra import events
 from liborchestra._fields import Bad, parse_duration
+from liborchestra.driver import Driver, ExecutionRequeued, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
+from liborchestra.journal import Journal, default_name
 from liborchestra.profile import load_profile
 from liborchestra.sched import (
     FeaturesInvalid,
     PointRecorded,
-    PointRequeued,
-    Sched,
     SchedProtocolError,
     SchedSettings,
+    SchedSource,
     SchedulerFailed,
     SchedulerStderr,
 )
@@ -41,12 +43,15 @@ def add_parser(sub, shared) -> None:
                     "answers one JSON line on stdout each; SEARCH_FINISHED_RESPONSE ends the "
                     "search. An execution exports features (numbers) with a stdout line "
                     "`RUNAWAY_FEATURES: 1.0 2.5` or a file `features` in its run folder.")
-    p.add_argument("profile")
-    p.add_argument("script", type=Path)
-    p.add_argument("scheduler", metavar="SCHEDULER_COMMAND",
+    p.add_argument("profile", nargs="?")
+    p.add_argument("script", type=Path, nargs="?")
+    p.add_argument("scheduler", metavar="SCHEDULER_COMMAND", nargs="?",
                    help="the scheduler program, run locally with bash -c")
     p.add_argument("--name", help="name of the search (default: script name and time)")
     p.add_argument("-o", "--output", type=Path, help="search folder (default ./sched/NAME)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search NAME: the program is started again and fed the "
+                        "recorded history; what ran is not run again")
     p.add_argument("--crash-limit", type=int, default=3,
                    help="requeue an execution lost to the infrastructure up to N times")
     p.add_argument("--duration", help="expected duration of each execution (e.g. 20m)")
@@ -55,6 +60,51 @@ def add_parser(sub, shared) -> None:
 
 
 async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interrupts) -> int:
+    if args.resume:
+        if not args.name:
+            raise OrchestraError("--resume needs --name NAME (the search to continue)")
+        folder = (args.output or Path("sched") / args.name).resolve()
+        path = folder / "journal.sqlite"
+        if not path.is_file():
+            raise OrchestraError(f"no search named {args.name!r} to resume (no {path})")
+        journal = Journal.open(path)
+    else:
+        journal = _new(args)
+    meta = journal.meta()
+    profile = load_profile(str(meta["profile"]))
+    folder = journal.path.parent
+    settings = SchedSettings(
+        script=Path(meta["script"]), output=folder, command=str(meta["command"]),
+        code=Path(meta["code"]) if meta.get("code") else None,
+        duration=parse_duration(meta["duration"]) if meta.get("duration") else None,
+        env={"RUNAWAY_REMOTE": profile.name, "RUNAWAY_SCRIPT_PATH": str(meta["script"]),
+             "RUNAWAY_SCHED_FOLDER": str(folder)})
+    view = _View(renderer, interrupts)
+    with journal.lease():
+        async with Engine(profile, leave=str(meta["leave"]), send_ignore=str(meta["send_ignore"]),
+                          fetch_ignore=str(meta["fetch_ignore"]),
+                          listeners=[view.event]) as engine:
+            source = SchedSource(engine, settings)
+            driver = Driver(engine, journal, source, Policy.from_meta(meta))
+            interrupts.on_first = lambda: (driver.drain(), renderer.note(
+                "draining: no new parameters; running executions finish and are recorded "
+                "(Ctrl-C again: cancel now)"))
+            await driver.run()
+    counts = journal.counts()
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    renderer.note(f"sched {meta['name']}: {sum(counts.values())} executions ({parts}); "
+                  f"results in {folder}")
+    if source.error():
+        renderer.error(str(SchedProtocolError(source.error())))
+        return 1
+    return 0
+
+
+def _new(args: argparse.Namespace) -> Journal:
+    """A new search's journal, with its settings; every problem is one error first."""
+    if args.profile is None or args.script is None or args.scheduler is None:
+        raise OrchestraError("sched needs PROFILE SCRIPT SCHEDULER_COMMAND "
+                             "(or --resume --name NAME)")
     script = args.script
     if not script.is_file():
         raise OrchestraError(f"{script}: no such script")
@@ -66,37 +116,21 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
     if args.crash_limit < 0:
         raise OrchestraError("--crash-limit must be 0 or more")
     try:
-        duration = parse_duration(args.duration) if args.duration else None
+        if args.duration:
+            parse_duration(args.duration)
     except Bad as error:
         raise OrchestraError(f"--duration: {error}") from None
     profile = load_profile(args.profile)
-    name = args.name or f"{script.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or default_name(script.stem)
     folder = (args.output or Path("sched") / name).resolve()
-    settings = SchedSettings(
-        script=script.resolve(), output=folder, command=args.scheduler, code=code,
-        crash_limit=args.crash_limit,
-        duration=duration,
-        env={"RUNAWAY_REMOTE": profile.name, "RUNAWAY_SCRIPT_PATH": str(script.resolve()),
-             "RUNAWAY_SCHED_FOLDER": str(folder)})
-    view = _View(renderer, interrupts)
-    failure: SchedProtocolError | None = None
-    async with Engine(profile, leave=args.leave, send_ignore=args.send_ignore,
-                      fetch_ignore=args.fetch_ignore, listeners=[view.event]) as engine:
-        driver = Sched(engine, settings)
-        interrupts.on_first = lambda: (driver.drain(), renderer.note(
-            "draining: no new parameters; running executions finish and are recorded "
-            "(Ctrl-C again: cancel now)"))
-        try:
-            counts = await driver.run()
-        except SchedProtocolError as error:
-            failure, counts = error, driver.counts
-    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
-    renderer.note(f"sched {name}: {sum(counts.values())} executions ({parts}); results in "
-                  f"{folder}")
-    if failure is not None:
-        renderer.error(str(failure))
-        return 1
-    return 0
+    path = Path(args.profile).expanduser()
+    meta = {"name": name, "kind": "sched", "profile_name": profile.name,
+            "profile": str(path.resolve()) if path.is_file() else args.profile,
+            "script": str(script.resolve()), "code": str(code) if code else None,
+            "command": args.scheduler, "duration": args.duration, "leave": args.leave,
+            "send_ignore": args.send_ignore, "fetch_ignore": args.fetch_ignore,
+            "created": time.time(), **Policy(crash_limit=args.crash_limit).to_meta()}
+    return Journal.create(folder / "journal.sqlite", meta)
 
 
 class _View:
@@ -116,7 +150,7 @@ class _View:
             exit_code = "" if event.ecode is None else f" (exit {event.ecode})"
             self.renderer.note(f"{event.uuid[:8]} {event.state}{exit_code} "
                                f"[{shown}]" + (f" features {features}" if features else ""))
-        elif isinstance(event, PointRequeued):
+        elif isinstance(event, ExecutionRequeued):
             self.renderer.note(f"{event.uuid[:8]} lost ({event.message}); requeued with the "
                                f"same parameters (attempt {event.attempt + 1})")
         elif isinstance(event, SchedulerFailed) and event.running:

@@ -6,8 +6,9 @@
 It hands out N points `--x=X --y=Y` drawn uniformly in the given ranges, records what comes
 back (exit code and features; the first feature is the objective, minimized), answers
 SEARCH_FINISHED_RESPONSE once N points are out, and at SHUTDOWN_REQUEST prints the best point
-to stderr (which runaway shows, prefixed) and exits. With --results FILE every recorded output
-is also appended there as one JSON line.
+to stderr (which runaway shows, prefixed) and exits. After `runaway sched --resume` it is fed
+the recorded history first: points it did not hand out itself count towards N. With
+--results FILE every recorded output is also appended there as one JSON line.
 
 The protocol, one JSON object per line: requests arrive on stdin, each gets exactly one
 response on stdout. Diagnostics go to stderr, never to stdout.
@@ -41,6 +42,7 @@ def main() -> int:
     options = parser.parse_args()
     rng = random.Random(options.seed)
     handed, best = 0, None  # best: (objective, parameters)
+    mine: set[str] = set()  # points handed out by this process
 
     for line in sys.stdin:
         if not line.strip():
@@ -51,9 +53,13 @@ def main() -> int:
                 answer("SEARCH_FINISHED_RESPONSE")
                 continue
             handed += 1
+            mine.add(body["uuid"])
             x, y = rng.uniform(*options.x), rng.uniform(*options.y)
             answer("GET_PARAMETERS_RESPONSE", parameters=f"--x={x:.6g} --y={y:.6g}")
         elif kind == "RECORD_OUTPUT_REQUEST":
+            if body["uuid"] not in mine:  # handed out before a resume: it counts too
+                mine.add(body["uuid"])
+                handed += 1
             values = body.get("feature_values")
             if values is None:  # an original runaway sends only the `features` string
                 values = [float(v) for v in body.get("features", "").split()]

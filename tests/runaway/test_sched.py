@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -396,3 +397,41 @@ def test_random_search_on_slurm(testbed, tmp_path):
     assert max_overlap(spans) >= 2, spans
     squeue = testbed.ssh("login", "squeue -h -u $USER -o '%j'", check=True).stdout
     assert "orchestra-" not in squeue
+
+
+def test_killed_and_resumed_the_program_gets_the_history_and_nothing_runs_twice(tmp_path):
+    log = tmp_path / "ran.log"
+    script = write_script(tmp_path / "code", "point.sh", f"""\
+        sleep 1.5
+        echo "${{RUNAWAY_UUID%%.*}}" >> {log}
+        echo "RUNAWAY_FEATURES: 1"
+        """)
+    results = tmp_path / "results.jsonl"
+    command = shlex.join([sys.executable, str(RANDOM_SEARCH), "-n", "8",
+                          "--results", str(results)])
+    proc = start(tmp_path, script, command, "again")
+    try:
+        wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first_life = [json.loads(line) for line in results.read_text().splitlines()]
+    db = sqlite3.connect(tmp_path / "sched/again/journal.sqlite")
+    history = {u for (u,) in db.execute("SELECT uuid FROM executions WHERE state = 'completed'")}
+    (decided,) = db.execute("SELECT COUNT(*) FROM executions").fetchone()
+    db.close()
+    assert {r["uuid"] for r in first_life} <= history
+    done = runaway("sched", "--resume", "--name", "again", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ran = log.read_text().splitlines()
+    assert len(ran) == len(set(ran)), ran  # no point ran twice (each line: its uuid)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    replayed = records[len(first_life):len(first_life) + len(history)]
+    assert {r["uuid"] for r in replayed} == history  # fed first, before any new point
+    final = {r["uuid"]: r for r in records}  # each point's last record
+    assert all(r["state"] == "completed" for r in final.values())
+    # the points in flight at the kill are run (or recovered) by the driver, and the program
+    # learns of them only when they are recorded: it may hand out that many more than 8
+    assert 8 <= len(final) <= 8 + (decided - len(history)) and set(final) == set(ran)

@@ -1,0 +1,153 @@
+"""The driver loop and the engine beneath it, in-process, on a local profile."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from liborchestra import Engine, Execution, State
+from liborchestra.driver import Driver, Policy, Source, Work
+from liborchestra.journal import Journal, JournalError, driver_alive
+from tests.helpers import load, local_profile, write_script
+
+
+def run(coro):
+    return anyio.run(lambda: coro, backend="asyncio")
+
+
+def test_join_wakes_every_waiter(tmp_path):
+    profile = load(local_profile(tmp_path))
+    script = write_script(tmp_path / "code", "job.sh", "sleep 1\n")
+    woke = []
+
+    async def main():
+        async with Engine(profile) as engine:
+            engine.submit(Execution(script))
+
+            async def waiter(name):
+                await engine.join()
+                woke.append(name)
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter, "first")
+                    tg.start_soon(waiter, "second")
+
+    run(main())
+    assert sorted(woke) == ["first", "second"]
+
+
+def test_an_unexpected_error_fails_that_execution_only(tmp_path, monkeypatch):
+    profile = load(local_profile(tmp_path))
+    script = write_script(tmp_path / "code", "job.sh", "echo $1\n")
+
+    async def main():
+        async with Engine(profile) as engine:
+            store = engine.launcher._store
+
+            def full_disk(shell, execution, sink):
+                if execution.args == ("2",):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return store(shell, execution, sink)
+
+            monkeypatch.setattr(engine.launcher, "_store", full_disk)
+            futures = [engine.submit(Execution(script, [str(i)], output=tmp_path / f"o{i}"))
+                       for i in range(5)]
+            return [await f for f in futures]
+
+    results = run(main())
+    assert [r.state for r in results] == [State.COMPLETED] * 2 + [State.FAILED] + \
+        [State.COMPLETED] * 2
+    assert "No space left on device" in results[2].message
+    assert results[2].ecode is None
+
+
+class Numbers(Source):
+    """n executions of `echo K`, decided a few at a time; records what `done` saw."""
+
+    def __init__(self, script: Path, out: Path, n: int) -> None:
+        self.script, self.out, self.left = script, out, list(range(n))
+        self.seen: list[tuple[str, str]] = []
+
+    async def next(self, n):
+        if not self.left:
+            return None
+        take, self.left = self.left[:n], self.left[n:]
+        return [Work((str(k),), f"k={k}", {"k": k}) for k in take]
+
+    def execution(self, row, run_id):
+        return Execution(self.script, row.argv, uuid=run_id, output=self.out / row.uuid)
+
+    async def done(self, row, result):
+        self.seen.append((row.payload["k"], result.state.value))
+        return float(row.payload["k"])
+
+
+def test_a_source_decides_and_records_through_the_journal(tmp_path):
+    profile = load(local_profile(tmp_path))
+    script = write_script(tmp_path / "code", "job.sh", '[ "$1" != 3 ]\n')
+    journal = Journal.create(tmp_path / "out" / "journal.sqlite", {})
+    source = Numbers(script, tmp_path / "out", 7)
+
+    async def main():
+        async with Engine(profile) as engine:
+            with journal.lease():
+                assert driver_alive(journal.path)
+                return await Driver(engine, journal, source, Policy(retries=1)).run()
+
+    counts = run(main())
+    assert counts == {"completed": 6, "failed": 1}
+    assert sorted(source.seen) == sorted((k, "failed" if k == 3 else "completed")
+                                         for k in range(7))
+    db = sqlite3.connect(journal.path)
+    rows = db.execute("SELECT payload, state, attempts, value, recorded, digest, node "
+                      "FROM executions ORDER BY seq").fetchall()
+    assert [json.loads(r[0])["k"] for r in rows] == list(range(7))
+    assert rows[3][1:3] == ("failed", 2)  # retried once
+    assert [r[3] for r in rows] == [float(k) for k in range(7)]
+    assert all(r[4] == 1 and len(r[5]) == 64 and r[6] for r in rows)
+    assert not driver_alive(journal.path)
+
+
+def test_the_lease_is_taken_once(tmp_path):
+    journal = Journal.create(tmp_path / "b" / "journal.sqlite", {"name": "b"})
+    other = Journal.open(journal.path)
+    with journal.lease():
+        with pytest.raises(JournalError, match="already running"):
+            with other.lease():
+                pass
+    with other.lease():  # released with the block
+        pass
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE executions (seq INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, argv TEXT NOT NULL,
+    label TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0, run TEXT, node TEXT, slot TEXT, ecode INTEGER, started REAL,
+    finished REAL, message TEXT);
+CREATE TABLE allocations (id TEXT PRIMARY KEY, state TEXT NOT NULL, granted REAL, released REAL,
+    reason TEXT);
+"""
+
+
+def test_a_journal_of_the_first_version_is_upgraded_and_resumes(tmp_path):
+    path = tmp_path / "old" / "journal.sqlite"
+    path.parent.mkdir()
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.executemany("INSERT INTO executions (uuid, argv, label, state) VALUES (?, ?, ?, ?)",
+                   [("a", '["1"]', "1", "completed"), ("b", '["2"]', "2", "queued")])
+    db.commit()
+    db.close()
+    journal = Journal.open(path)
+    assert journal.meta()["schema"] == 2
+    rows = journal.rows()
+    assert [(r.uuid, r.state, r.payload) for r in rows] == [("a", "completed", {}),
+                                                            ("b", "queued", {})]
+    assert journal.unrecorded() == []  # old final rows count as recorded
