@@ -34,15 +34,7 @@ def add_parsers(sub, shared) -> None:
                        description="Run SCRIPT many times; see README for the sweep syntaxes.")
     b.add_argument("profile")
     b.add_argument("script", type=Path)
-    b.add_argument("template", nargs="*", metavar="TEMPLATE",
-                   help="after `--`: an argument template, e.g. --lr={0.1;0.01}")
-    b.add_argument("-A", "--arguments-file", type=Path, help="one template per line, in order")
-    b.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
-                   help="a grid dimension, passed as --NAME=V (repeat the option)")
-    b.add_argument("--configs", type=Path, metavar="DIR",
-                   help="one execution per file of DIR; the template uses %%IN, %%OUT, %%DATA")
-    b.add_argument("--data", help="the path %%DATA stands for")
-    b.add_argument("-x", "--repeats", type=int, default=1, help="run each point N times")
+    add_sweep_arguments(b)
     b.add_argument("--name", help="batch name (default: script name and time)")
     b.add_argument("-o", "--output", type=Path, help="batch folder (default ./batch/NAME)")
     b.add_argument("--resume", action="store_true", help="continue the batch NAME")
@@ -71,12 +63,26 @@ def add_parsers(sub, shared) -> None:
             p.add_argument("--json", action="store_true")
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """The sweep options of `runaway batch`; every tool that runs sweeps takes the same."""
+    p.add_argument("template", nargs="*", metavar="TEMPLATE",
+                   help="after `--`: an argument template, e.g. --lr={0.1;0.01}")
+    p.add_argument("-A", "--arguments-file", type=Path, help="one template per line, in order")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a grid dimension, passed as --NAME=V (repeat the option)")
+    p.add_argument("--configs", type=Path, metavar="DIR",
+                   help="one execution per file of DIR; the template uses %%IN, %%OUT, %%DATA")
+    p.add_argument("--data", help="the path %%DATA stands for")
+    p.add_argument("-x", "--repeats", type=int, default=1, help="run each point N times")
+
+
 def _folder(args: argparse.Namespace, name: str) -> Path:
     return (args.output or Path("batch") / name).resolve()
 
 
-def _sweep(args: argparse.Namespace) -> params.Sweep:
-    """The sweep from the command line; every problem is a ParamsError before anything runs."""
+def sweep_from_args(args: argparse.Namespace) -> params.Sweep:
+    """The sweep of `add_sweep_arguments`' options; every problem is a ParamsError before
+    anything runs."""
     text = " ".join(args.template)
     sweeps = []
     if args.configs:
@@ -95,7 +101,7 @@ def _sweep(args: argparse.Namespace) -> params.Sweep:
 def _new(args: argparse.Namespace) -> tuple[Journal, dict]:
     if not args.script.is_file():
         raise OrchestraError(f"{args.script}: no such script")
-    sweep = _sweep(args)
+    sweep = sweep_from_args(args)
     profile = load_profile(args.profile)  # fails now, not after the journal exists
     name = args.name or default_name(args.script.stem)
     meta = {
