@@ -159,6 +159,11 @@ class Space:
         Either a mapping ``name: prior`` (nested mappings give ``outer/inner`` names, and a
         prior may start with ``~`` or ``orion~``) or a list of ``name~prior`` strings.
         """
+        return cls.parse(cls.yaml_priors(path))
+
+    @staticmethod
+    def yaml_priors(path: str | Path) -> list[str]:
+        """The ``name~prior(...)`` texts of a YAML space file (see ``from_yaml``)."""
         import yaml
 
         with open(path, encoding="utf-8") as handle:
@@ -166,10 +171,10 @@ class Space:
         if isinstance(data, Mapping) and set(data) == {"space"}:
             data = data["space"]
         if isinstance(data, list):
-            return cls.parse(str(item) for item in data)
+            return [str(item) for item in data]
         if not isinstance(data, Mapping):
             raise ValueError(f"{path}: expected a mapping of name: prior, or a list of priors")
-        return cls(tuple(parse_prior(name, prior) for name, prior in _flatten(data, "")))
+        return [f"{name}~{prior}" for name, prior in _flatten(data, "")]
 
     def __iter__(self):
         return iter(self.dimensions)

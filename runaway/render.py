@@ -13,15 +13,15 @@ from liborchestra.execution import Result, State
 
 
 class Renderer:
-    def __init__(self, verbose: bool = False) -> None:
-        self.verbose = verbose
+    def __init__(self, verbose: bool = False, prog: str = "runaway") -> None:
+        self.verbose, self.prog = verbose, prog
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
-        self.console.print(f"[dim]runaway: {escape(text)}[/dim]")
+        self.console.print(f"[dim]{self.prog}: {escape(text)}[/dim]")
 
     def error(self, text: str) -> None:
-        self.console.print(f"[bold red]runaway: error:[/bold red] {escape(text)}")
+        self.console.print(f"[bold red]{self.prog}: error:[/bold red] {escape(text)}")
 
     def event(self, event: events.Event) -> None:
         if isinstance(event, events.Output):

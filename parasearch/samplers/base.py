@@ -83,7 +83,18 @@ class Sampler(ABC):
         trial_id = len(self.records)
         rng = np.random.default_rng([self.seed, trial_id])
         x = np.asarray(self._suggest(rng), float)
-        params = self.transform.decode(x)
+        return self._add(trial_id, self.transform.decode(x))
+
+    def adopt(self, params: dict[str, Any]) -> Trial:
+        """Take in a trial decided before (a search's recorded history, replayed on resume):
+        it becomes pending, as if asked, so replaying the asks and tells of a search in order
+        puts the sampler back in the state it had, and its next ask is the same."""
+        if not self.space.contains(params):
+            raise SamplerError(f"recorded parameters {params!r} are not in the space "
+                               f"({', '.join(self.space.names)})")
+        return self._add(len(self.records), dict(params))
+
+    def _add(self, trial_id: int, params: dict[str, Any]) -> Trial:
         record = Record(trial_id, params, self.transform.encode(params))
         self.records.append(record)
         self._by_id[trial_id] = record

@@ -1,0 +1,3 @@
+from parasearch.cli import run
+
+run()

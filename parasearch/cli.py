@@ -1,0 +1,278 @@
+"""`parasearch`: a sampler drives executions on a profile's slots, asynchronously, resumably.
+
+    parasearch [--algo A] [--n N] [--name NAME] ... PROFILE SCRIPT [-- SCRIPT ARGS...]
+    parasearch status|best|report|export NAME
+
+A thin layer: the search is parasearch.search on liborchestra's driver loop; the views are
+runaway's renderer and interrupts (Ctrl-C drains, twice cancels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+from liborchestra import __version__
+from liborchestra._fields import Bad, parse_duration
+from liborchestra.driver import Driver, Policy
+from liborchestra.engine import Engine
+from liborchestra.errors import OrchestraError
+from liborchestra.journal import Journal, default_name
+from liborchestra.profile import LEAVE, load_profile
+from parasearch import trials as record
+from parasearch.arguments import Template, search_space
+from parasearch.samplers import SAMPLERS, create_sampler
+from parasearch.samplers.base import SamplerError
+from parasearch.search import SearchSettings, SearchSource
+from parasearch.space import Space, SpaceError
+from parasearch.view import SearchView
+from runaway.interrupts import Interrupts
+from runaway.render import Renderer
+
+EXIT_USAGE = 2
+QUERIES = ("status", "best", "report", "export")
+
+
+def search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="parasearch", description="Search the parameters of SCRIPT on PROFILE's slots. "
+        "Priors go in the script's arguments (--lr~'loguniform(1e-5, 1)' reaches it as "
+        "--lr=VALUE) or in --space FILE.yml. The script prints `RUNAWAY_FEATURES: <objective>` "
+        "or writes results.json {\"objective\": v}. Also: parasearch status|best|report|export "
+        "NAME.")
+    p.add_argument("--version", action="version", version=f"parasearch {__version__}")
+    p.add_argument("profile", nargs="?")
+    p.add_argument("script", type=Path, nargs="?")
+    p.add_argument("args", nargs="*", metavar="ARG", help="after `--`: the script's arguments")
+    p.add_argument("--algo", default="random", help=f"one of {', '.join(SAMPLERS)}")
+    p.add_argument("--n", type=int, default=100, help="completed trials that end the search")
+    p.add_argument("--name", help="search name (default: script, time and a tag)")
+    p.add_argument("-o", "--output", type=Path, help="search folder (default ./search/NAME)")
+    p.add_argument("--parallel", type=int, help="at most K trials at once (default: the slots)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--maximize", action="store_true")
+    p.add_argument("--space", help="a YAML file of priors (name: prior)")
+    p.add_argument("--max-broken", type=int, default=10,
+                   help="stop after M failed trials (exit != 0 or no objective)")
+    p.add_argument("--crash-limit", type=int, default=3,
+                   help="re-run a trial lost to the infrastructure up to N times")
+    p.add_argument("--duration", help="expected duration of each trial (e.g. 20m)")
+    p.add_argument("--code", type=Path, help="folder to ship (default: the script's folder)")
+    p.add_argument("--resume", action="store_true", help="continue the search NAME")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a live view")
+    p.add_argument("-l", "--leave", choices=LEAVE, default="code")
+    return p
+
+
+def query_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="parasearch")
+    sub = top.add_subparsers(dest="query", required=True)
+    for name, text in (("status", "counts, best so far, failures"),
+                       ("best", "the best trials"), ("report", "an HTML report with plots"),
+                       ("export", "every trial")):
+        q = sub.add_parser(name, help=text, description=text)
+        q.add_argument("name")
+        q.add_argument("-o", "--output", type=Path, help="search folder (default ./search/NAME)")
+        if name == "best":
+            q.add_argument("--top", type=int, default=1)
+            q.add_argument("--json", action="store_true")
+        elif name == "report":
+            q.add_argument("--file", "-f", type=Path, dest="file",
+                           help="where to write it (default ./search/NAME/report.html)")
+        elif name == "export":
+            q.add_argument("--format", choices=("csv", "json"), default="csv")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    renderer = Renderer(prog="parasearch")
+    try:
+        if argv[:1] and argv[0] in QUERIES:
+            return _query(query_parser().parse_args(argv), renderer)
+        tail: list[str] = []
+        if "--" in argv:
+            cut = argv.index("--")
+            argv, tail = argv[:cut], argv[cut + 1:]
+        args = search_parser().parse_args(argv)
+        args.args = [*args.args, *tail]
+        journal = _resumed(args) if args.resume else _new(args)
+        interrupts = Interrupts(renderer)
+        return anyio.run(interrupts.run, _search, journal, args, renderer, backend="asyncio")
+    except (OrchestraError, SpaceError, SamplerError) as error:
+        renderer.error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+# -- a search --------------------------------------------------------------------------------------
+
+def _settings(meta: dict, folder: Path) -> SearchSettings:
+    template = Template(tuple((text, name) for text, name in meta["template"]))
+    space = Space.parse(meta["priors"])
+    return SearchSettings(
+        script=Path(meta["script"]), output=folder, template=template, space=space,
+        algo=meta["algo"], n=int(meta["n"]), seed=int(meta["seed"]),
+        maximize=bool(meta["maximize"]), parallel=meta.get("parallel"),
+        max_broken=int(meta["max_broken"]),
+        code=Path(meta["code"]) if meta.get("code") else None,
+        duration=parse_duration(meta["duration"]) if meta.get("duration") else None)
+
+
+def _new(args: argparse.Namespace) -> Journal:
+    """Check everything first (one clear error, nothing written), then create the record."""
+    if args.profile is None or args.script is None:
+        raise OrchestraError("parasearch needs PROFILE SCRIPT (or --resume --name NAME)")
+    if not args.script.is_file():
+        raise OrchestraError(f"{args.script}: no such script")
+    if args.algo not in SAMPLERS:
+        raise OrchestraError(f"--algo {args.algo}: unknown; known: {', '.join(SAMPLERS)}")
+    for flag, value, low in (("--n", args.n, 1), ("--max-broken", args.max_broken, 1),
+                             ("--crash-limit", args.crash_limit, 0),
+                             ("--parallel", args.parallel, 1)):
+        if value is not None and value < low:
+            raise OrchestraError(f"{flag} must be {low} or more, not {value}")
+    if args.duration:
+        try:
+            parse_duration(args.duration)
+        except Bad as error:
+            raise OrchestraError(f"--duration: {error}") from None
+    try:
+        template, space, priors = search_space(args.args, args.space)
+    except SpaceError:
+        raise
+    except ValueError as error:  # a --space file that is not a mapping or list of priors
+        raise OrchestraError(f"--space: {error}") from None
+    fidelity = [d.name for d in space if type(d).__name__ == "Fidelity"]
+    if fidelity:
+        raise OrchestraError(f"dimension {fidelity[0]!r}: fidelity dimensions need a "
+                             f"multi-fidelity algorithm, and --algo {args.algo} ignores fidelity")
+    create_sampler(args.algo, space, seed=args.seed, maximize=args.maximize)  # e.g. cmaes on
+    # a categorical space: refused now, before anything is written
+    profile = load_profile(args.profile)
+    name = args.name or default_name(args.script.stem)
+    folder = record.search_folder(name, args.output)
+    path = Path(args.profile).expanduser()
+    meta = {"name": name, "kind": "search", "profile_name": profile.name,
+            "profile": str(path.resolve()) if path.is_file() else args.profile,
+            "script": str(args.script.resolve()),
+            "code": str(args.code.resolve()) if args.code else None,
+            "template": [list(p) for p in template.parts],
+            "priors": priors,
+            "algo": args.algo, "n": args.n, "seed": args.seed, "maximize": args.maximize,
+            "parallel": args.parallel, "max_broken": args.max_broken,
+            "duration": args.duration, "leave": args.leave, "created": time.time(),
+            **Policy(crash_limit=args.crash_limit).to_meta()}
+    return Journal.create(folder / record.RECORD, meta)
+
+
+def _resumed(args: argparse.Namespace) -> Journal:
+    if not args.name:
+        raise OrchestraError("--resume needs --name NAME (the search to continue)")
+    journal = record.open_search(args.name, args.output)
+    meta = journal.meta()
+    given = {"script": str(args.script.resolve()) if args.script else None,
+             "arguments": args.args or None}
+    recorded = {"script": meta["script"],
+                "arguments": list(_settings(meta, journal.path.parent).template.render(
+                    {n: f"<{n}>" for n in Space.parse(meta["priors"]).names}))}
+    if args.args:
+        template, space, _ = search_space(args.args, args.space)
+        given["arguments"] = list(template.render({n: f"<{n}>" for n in space.names}))
+    for key, value in given.items():
+        if value is not None and value != recorded[key]:
+            raise OrchestraError(f"--resume: the {key} differ from the search's record "
+                                 f"({value} given, {recorded[key]} recorded)")
+    return journal
+
+
+async def _search(journal: Journal, args: argparse.Namespace, renderer: Renderer,
+                  interrupts: Interrupts) -> int:
+    meta = journal.meta()
+    settings = _settings(meta, journal.path.parent)
+    profile = load_profile(str(meta["profile"]))
+    with journal.lease():
+        async with Engine(profile, leave=str(meta["leave"])) as engine:
+            source = SearchSource(engine, settings)
+            view = SearchView(journal, engine, source, settings, args.json, renderer.console)
+            engine.listeners.append(view.event)
+            driver = Driver(engine, journal, source, Policy.from_meta(meta))
+            interrupts.on_first = lambda: (driver.drain(), renderer.note(
+                "draining: no new trials; running ones finish and are recorded "
+                "(Ctrl-C again: cancel now)"))
+            with view:
+                await view.run_beside(driver.run())
+        view.summary()
+    if source.failure:
+        renderer.error(source.failure)
+        return 1
+    return 0 if source.completed() >= settings.n or source.exhausted else 1
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+def _query(args: argparse.Namespace, renderer: Renderer) -> int:
+    journal = record.open_search(args.name, args.output)
+    meta = journal.meta()
+    rows = record.trials(journal)
+    maximize = bool(meta.get("maximize"))
+    best = record.ranked(rows, maximize)
+    if args.query == "status":
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        done = counts.get("completed", 0)
+        alive = "running" if journal.driver_alive() else "stopped"
+        print(f"{meta['name']}: {meta['algo']}, {done} of {meta['n']} completed "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); driver {alive}")
+        if best:
+            print(f"  best {best[0].value!r} at {_shown(best[0].params)} (trial {best[0].seq})")
+        for r in [r for r in rows if r.state == "failed"][-5:]:
+            print(f"  failed trial {r.seq} [{_shown(r.params)}]: {r.message}"
+                  + _stderr_tail(journal.path.parent / r.uuid))
+        return 0
+    if args.query == "best":
+        top = best[:max(1, args.top)]
+        if args.json:
+            items = [{"objective": r.value, "params": r.params, "metrics": r.metrics,
+                      "trial": r.seq, "uuid": r.uuid} for r in top]
+            print(json.dumps(items[0] if args.top == 1 and items else items))
+        elif not top:
+            renderer.note("no completed trial yet")
+        for r in top if not args.json else []:
+            print(f"{r.value!r}\t{_shown(r.params)}\ttrial {r.seq}")
+        return 0 if top else 1
+    if args.query == "export":
+        if args.format == "json":
+            print(json.dumps(record.as_records(rows), indent=1))
+        else:
+            sys.stdout.write(record.to_csv(rows))
+        return 0
+    from parasearch.report import report_html
+
+    target = args.file or journal.path.parent / "report.html"
+    target.write_text(report_html(meta["name"], rows, maximize))
+    renderer.note(f"report written to {target}")
+    return 0
+
+
+def _shown(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _stderr_tail(folder: Path) -> str:
+    path = folder / "stderr"
+    if not path.is_file():
+        return ""
+    lines = path.read_text(errors="replace").strip().splitlines()[-2:]
+    return (": " + " | ".join(lines)) if lines else ""
