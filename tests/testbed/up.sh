@@ -94,6 +94,7 @@ PKGS="openssh-server openssh-client munge slurmctld slurmd slurm-client procps i
 [ "$TB_ACCOUNTING" = 1 ] && PKGS+=" slurmdbd mariadb-server mariadb-client"
 [ "$TB_SGE" = 1 ] && PKGS+=" gridengine-master gridengine-exec gridengine-client"
 [ "$TB_PBS" = 1 ] && PKGS+=" libslurm-perl libslurmdb-perl libswitch-perl perl"
+PKGS+=" git git-annex"
 
 # shellcheck disable=SC2086
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null | awk '/ install ok installed$/ {print $1}' || true)

@@ -1,0 +1,1 @@
+"""expegit: experiment campaigns in git, every execution tied to its exact code (see cli.py)."""

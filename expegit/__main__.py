@@ -1,0 +1,3 @@
+from expegit.cli import run
+
+run()
