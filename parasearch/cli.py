@@ -29,13 +29,14 @@ from parasearch.arguments import Template, search_space
 from parasearch.samplers import SAMPLERS, create_sampler
 from parasearch.samplers.base import SamplerError
 from parasearch.search import SearchSettings, SearchSource
-from parasearch.space import Space, SpaceError
+from parasearch.space import Fidelity, Space, SpaceError
 from parasearch.view import SearchView
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
 EXIT_USAGE = 2
 QUERIES = ("status", "best", "report", "export")
+MULTI_FIDELITY = ("asha", "hyperband")
 
 
 def search_parser() -> argparse.ArgumentParser:
@@ -153,10 +154,11 @@ def _new(args: argparse.Namespace) -> Journal:
         raise
     except ValueError as error:  # a --space file that is not a mapping or list of priors
         raise OrchestraError(f"--space: {error}") from None
-    fidelity = [d.name for d in space if type(d).__name__ == "Fidelity"]
-    if fidelity:
+    fidelity = [d.name for d in space if isinstance(d, Fidelity)]
+    if fidelity and args.algo not in MULTI_FIDELITY:
         raise OrchestraError(f"dimension {fidelity[0]!r}: fidelity dimensions need a "
-                             f"multi-fidelity algorithm, and --algo {args.algo} ignores fidelity")
+                             f"multi-fidelity algorithm ({', '.join(MULTI_FIDELITY)}), and "
+                             f"--algo {args.algo} ignores fidelity")
     create_sampler(args.algo, space, seed=args.seed, maximize=args.maximize)  # e.g. cmaes on
     # a categorical space: refused now, before anything is written
     profile = load_profile(args.profile)
@@ -261,7 +263,9 @@ def _query(args: argparse.Namespace, renderer: Renderer) -> int:
     from parasearch.report import report_html
 
     target = args.file or journal.path.parent / "report.html"
-    target.write_text(report_html(meta["name"], rows, maximize))
+    fidelity = next((d.name for d in Space.parse(meta["priors"]) if isinstance(d, Fidelity)),
+                    None)
+    target.write_text(report_html(meta["name"], rows, maximize, fidelity=fidelity))
     renderer.note(f"report written to {target}")
     return 0
 

@@ -14,10 +14,24 @@ from plotly.subplots import make_subplots
 from parasearch.trials import TrialRow, ranked
 
 
-def figures(rows: list[TrialRow], maximize: bool) -> dict[str, go.Figure]:
+def figures(rows: list[TrialRow], maximize: bool,
+            fidelity: str | None = None) -> dict[str, go.Figure]:
+    """The figures of a search; with a fidelity dimension, also the objective by rung."""
     done = [r for r in rows if r.state == "completed" and r.value is not None]
-    return {"history": _history(done, maximize), "parallel": _parallel(done),
-            "params": _against_params(done)}
+    out = {"history": _history(done, maximize), "parallel": _parallel(done),
+           "params": _against_params(done)}
+    if fidelity is not None:
+        out["rungs"] = _by_rung(done, fidelity)
+    return out
+
+
+def _by_rung(done: list[TrialRow], fidelity: str) -> go.Figure:
+    fig = go.Figure()
+    for budget in sorted({r.params.get(fidelity) for r in done}, key=float):
+        here = [r for r in done if r.params.get(fidelity) == budget]
+        fig.add_box(y=[r.value for r in here], name=f"{fidelity}={budget}", boxpoints="all")
+    fig.update_layout(title="objective by rung", yaxis_title="objective")
+    return fig
 
 
 def _history(done: list[TrialRow], maximize: bool) -> go.Figure:
@@ -78,10 +92,11 @@ def _params_text(r: TrialRow) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(r.params.items()))
 
 
-def report_html(name: str, rows: list[TrialRow], maximize: bool, top: int = 10) -> str:
+def report_html(name: str, rows: list[TrialRow], maximize: bool, top: int = 10,
+                fidelity: str | None = None) -> str:
     """One self-contained HTML page; every value from the record is escaped."""
     parts, first = [], True
-    for fig in figures(rows, maximize).values():
+    for fig in figures(rows, maximize, fidelity).values():
         parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
         first = False
     best = ranked(rows, maximize)[:top]

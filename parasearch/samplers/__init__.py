@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from parasearch.samplers.asha import AshaSampler, HyperbandSampler
 from parasearch.samplers.base import Sampler
 from parasearch.samplers.cmaes import CmaEsSampler
 from parasearch.samplers.gp import GPSampler
@@ -15,14 +16,16 @@ from parasearch.space import Space
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (RandomSampler, GridSampler, QMCSampler, TPESampler, CmaEsSampler, GPSampler)
+    for cls in (RandomSampler, GridSampler, QMCSampler, TPESampler, CmaEsSampler, GPSampler,
+                AshaSampler, HyperbandSampler)
 }
 
 
 def create_sampler(
     name: str, space: Space, seed: int = 0, maximize: bool = False, **options: Any
 ) -> Sampler:
-    """A sampler by name (``random``, ``grid``, ``qmc``, ``tpe``, ``cmaes``, ``gp``)."""
+    """A sampler by name (``random``, ``grid``, ``qmc``, ``tpe``, ``cmaes``, ``gp``, ``asha``,
+    ``hyperband``)."""
     try:
         cls = SAMPLERS[name]
     except KeyError:

@@ -197,3 +197,27 @@ def _clear_error(done: subprocess.CompletedProcess, *words: str) -> None:
     assert len(errors) == 1, done.stderr
     for word in words:
         assert word in errors[0], errors[0]
+
+
+def test_asha_promotions_rerun_the_same_parameters_at_a_higher_fidelity(tmp_path):
+    script = write_script(tmp_path / "code", "curve.sh", """\
+        for a in "$@"; do case $a in --x=*) x=${a#--x=};; --epochs=*) e=${a#--epochs=};; esac
+        done
+        echo "RUNAWAY_FEATURES: $(python3 -c "import sys; print(float(sys.argv[1]) + 1 / \\
+        float(sys.argv[2]))" "$x" "$e")"
+        """)
+    done = parasearch("--algo", "asha", "--n", 24, "--name", "a", local_profile(tmp_path),
+                      script, "--", "--x~uniform(0, 1)", "--epochs~fidelity(1, 9, 3)",
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = json.loads(parasearch("export", "a", "--format", "json", cwd=tmp_path).stdout)
+    assert len(trials) == 24 and all(t["state"] == "completed" for t in trials)
+    by_rung: dict[int, list[float]] = {}
+    for t in trials:
+        by_rung.setdefault(t["params"]["epochs"], []).append(t["params"]["x"])
+        assert t["objective"] == pytest.approx(t["params"]["x"] + 1 / t["params"]["epochs"])
+    assert set(by_rung) >= {1, 3} and len(by_rung[1]) > len(by_rung[3])
+    assert set(by_rung[3]) <= set(by_rung[1])  # promoted: the same x, re-run at 3 epochs
+    page = parasearch("report", "a", cwd=tmp_path)
+    assert page.returncode == 0
+    assert "objective by rung" in (tmp_path / "search/a/report.html").read_text()

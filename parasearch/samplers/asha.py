@@ -1,0 +1,116 @@
+"""Asynchronous successive halving (ASHA) and asynchronous Hyperband: multi-fidelity samplers.
+
+The space has one `fidelity(low, high, base)` dimension: the budget (epochs, data size) the
+script is given. Rungs are budgets low, low·η, low·η², … up to high (η = base). When asked,
+ASHA promotes a configuration if one is in the top 1/η of the results of its rung and has not
+been promoted yet — re-run with the same parameters at the next rung's budget — otherwise it
+starts a new random configuration at the bottom rung. It never waits for a rung to fill (Li et
+al., "A System for Massively Parallel Hyperparameter Tuning", 2020). Hyperband runs brackets of
+ASHA that start at successively higher rungs, new configurations taken round-robin, hedging
+against low fidelities that rank configurations badly.
+
+Everything is derived from the history (a configuration's bracket is the rung it first ran at;
+it is promoted from rung k once it appears at rung k + 1), so replaying a search restores it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from parasearch.samplers.base import COMPLETE, Record, Sampler, SamplerError, Trial
+from parasearch.space import Fidelity, Space
+
+
+class AshaSampler(Sampler):
+    name = "asha"
+    brackets_wanted = 1
+
+    def __init__(self, space: Space, seed: int = 0, maximize: bool = False,
+                 reduction: float | None = None) -> None:
+        super().__init__(space, seed, maximize)
+        fidelities = [d for d in space if isinstance(d, Fidelity)]
+        if len(fidelities) != 1:
+            raise SamplerError(f"{self.name} needs exactly one fidelity(low, high, base) "
+                               f"dimension, got {len(fidelities)}")
+        self.fidelity = fidelities[0]
+        self.eta = float(reduction or self.fidelity.base)
+        if self.eta <= 1:
+            raise SamplerError(f"{self.name}: the reduction factor must exceed 1")
+        self.rungs = _rungs(self.fidelity, self.eta)
+        self.brackets = min(self.brackets_wanted, len(self.rungs))
+
+    def ask(self) -> Trial:
+        trial_id = len(self.records)
+        promoted = self._promotion()
+        if promoted is not None:
+            record, rung = promoted
+            params = dict(record.params)
+        else:
+            rng = np.random.default_rng([self.seed, trial_id])
+            params = self.transform.decode(self._uniform(rng, 1)[0])
+            rung = self._new_bracket()
+        params[self.fidelity.name] = self._budget(rung)
+        return self._add(trial_id, params)
+
+    def _suggest(self, rng: np.random.Generator) -> np.ndarray:  # ask() is overridden
+        return self._uniform(rng, 1)[0]
+
+    # -- derived from the history ---------------------------------------------------------------
+
+    def rung_of(self, record: Record) -> int:
+        value = float(record.params[self.fidelity.name])
+        return min(range(len(self.rungs)), key=lambda k: abs(self.rungs[k] - value))
+
+    def _key(self, record: Record) -> str:
+        return json.dumps({k: v for k, v in record.params.items()
+                           if k != self.fidelity.name}, sort_keys=True, default=str)
+
+    def _layout(self) -> tuple[dict[str, int], dict[tuple[int, int], list[Record]]]:
+        """Each configuration's bracket (its first rung), and the records per (bracket, rung)."""
+        first: dict[str, int] = {}
+        cells: dict[tuple[int, int], list[Record]] = {}
+        for record in self.records:
+            key, rung = self._key(record), self.rung_of(record)
+            bracket = first.setdefault(key, rung)
+            cells.setdefault((bracket, rung), []).append(record)
+        return first, cells
+
+    def _promotion(self) -> tuple[Record, int] | None:
+        """A configuration to run at the next rung, from the highest rung that has one."""
+        _, cells = self._layout()
+        for rung in range(len(self.rungs) - 2, -1, -1):
+            for bracket in range(min(rung, self.brackets - 1) + 1):
+                here = cells.get((bracket, rung), [])
+                done = sorted((r for r in here if r.state == COMPLETE), key=lambda r: r.loss)
+                above = {self._key(r) for r in cells.get((bracket, rung + 1), [])}
+                for record in done[:int(len(done) // self.eta)]:
+                    if self._key(record) not in above:
+                        return record, rung + 1
+        return None
+
+    def _new_bracket(self) -> int:
+        """The rung a new configuration starts at: round-robin over the brackets."""
+        first, _ = self._layout()
+        return len(first) % self.brackets
+
+    def _budget(self, rung: int) -> Any:
+        value = self.rungs[rung]
+        whole = all(float(v).is_integer() for v in (self.fidelity.low, self.fidelity.high))
+        return int(round(value)) if whole else float(value)
+
+
+class HyperbandSampler(AshaSampler):
+    name = "hyperband"
+    brackets_wanted = 1_000  # as many as there are rungs
+
+
+def _rungs(fidelity: Fidelity, eta: float) -> list[float]:
+    count = int(math.floor(math.log(fidelity.high / fidelity.low, eta) + 1e-9)) + 1
+    rungs = [fidelity.low * eta ** k for k in range(count)]
+    if rungs[-1] < fidelity.high * (1 - 1e-9):
+        rungs.append(float(fidelity.high))
+    return rungs

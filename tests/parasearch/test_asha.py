@@ -1,0 +1,76 @@
+"""ASHA and Hyperband: rungs, promotions without waiting, brackets, replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from parasearch import create_sampler
+from parasearch.samplers.base import SamplerError
+from parasearch.space import Space
+
+SPACE = Space.parse(["x~uniform(0, 1)", "c~choices(['a', 'b'])", "epochs~fidelity(1, 27, 3)"])
+
+
+def others(params):
+    return {k: v for k, v in params.items() if k != "epochs"}
+
+
+def test_rungs_and_no_barrier():
+    sampler = create_sampler("asha", SPACE, seed=3)
+    assert sampler.rungs == [1.0, 3.0, 9.0, 27.0]
+    asked = [sampler.ask() for _ in range(10)]  # nothing told yet: still new configurations
+    assert [t.params["epochs"] for t in asked] == [1] * 10
+    assert len({str(others(t.params)) for t in asked}) == 10
+
+
+def test_the_top_third_of_a_rung_is_promoted_with_the_same_parameters():
+    sampler = create_sampler("asha", SPACE, seed=1)
+    trials = [sampler.ask() for _ in range(6)]
+    for i, trial in enumerate(trials):
+        sampler.tell(trial.id, float(i))  # trial 0 best, then 1
+    promoted = [sampler.ask(), sampler.ask()]
+    assert [t.params["epochs"] for t in promoted] == [3, 3]
+    assert [others(t.params) for t in promoted] == [others(trials[0].params),
+                                                     others(trials[1].params)]
+    assert sampler.ask().params["epochs"] == 1  # no more promotable: a new configuration
+    sampler.tell(promoted[0].id, 0.5)
+    sampler.tell(promoted[1].id, 0.7)
+    sampler.tell(sampler.records[-1].id, 9.0)
+    # rung 1 has 2 results: floor(2/3) = 0 promotable; rung 0 has 7: 2 promoted already
+    assert sampler.ask().params["epochs"] == 1
+
+
+def test_maximize_promotes_the_largest():
+    sampler = create_sampler("asha", SPACE, seed=1, maximize=True)
+    trials = [sampler.ask() for _ in range(3)]
+    for i, trial in enumerate(trials):
+        sampler.tell(trial.id, float(i))
+    assert others(sampler.ask().params) == others(trials[2].params)
+
+
+def test_hyperband_brackets_start_at_every_rung_round_robin():
+    sampler = create_sampler("hyperband", SPACE, seed=2)
+    assert [sampler.ask().params["epochs"] for _ in range(8)] == [1, 3, 9, 27] * 2
+
+
+def test_replaying_the_history_gives_the_same_next_ask():
+    first = create_sampler("hyperband", SPACE, seed=5)
+    history = []
+    for step in range(30):
+        trial = first.ask()
+        history.append(trial)
+        if step % 3 == 2:
+            for t in history[-3:]:
+                first.tell(t.id, t.params["x"] / t.params["epochs"])
+    again = create_sampler("hyperband", SPACE, seed=5)
+    for trial in history:
+        again.adopt(trial.params)
+    for trial in history:
+        if first.records[trial.id].state == "complete":
+            again.tell(trial.id, first.records[trial.id].value)
+    assert again.ask().params == first.ask().params
+
+
+def test_asha_needs_one_fidelity():
+    with pytest.raises(SamplerError, match="fidelity"):
+        create_sampler("asha", Space.parse(["x~uniform(0, 1)"]))
