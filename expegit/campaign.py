@@ -168,6 +168,11 @@ class Campaign:
                                         "git-annex)")
                 with git_errors("git annex init failed"):
                     repo.git.annex("init", "--quiet")
+                # init probes origin with plain ssh and, when that needs options the user has
+                # not configured yet (remote.origin.annex-ssh-options), marks it ignored for
+                # good: leave the decision to the first get or sync instead
+                repo.git.config("--unset", "remote.origin.annex-ignore",
+                                with_exceptions=False)
         except BaseException:
             _remove(folder, keep_folder=existed)
             raise

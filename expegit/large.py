@@ -31,13 +31,20 @@ def large_files(folder: Path, threshold: int, globs: tuple[str, ...]) -> list[st
     return sorted(out)
 
 
-def copy_to(campaign: Campaign, remote: str, paths: list[str] | None = None) -> None:
-    """Send the content of annexed files the remote lacks (all of runs/ by default)."""
+def copy_to(campaign: Campaign, remote: str, paths: list[str] | None = None) -> bool:
+    """Send the content of annexed files the remote lacks (all of runs/ by default); False
+    when there was nothing to send."""
     if not campaign.settings.annex:
-        return
-    with git_errors(f"cannot send large files to {remote}"):
+        return False
+    here = campaign.repo.git.annex("find", "--in", "here", "--", *(paths or ["runs"]))
+    if not here.strip():
+        return False  # nothing annexed here: the remote is not even asked
+    with git_errors(f"cannot send large files to {remote} (its host needs git-annex, and "
+                    "ssh must reach it as configured in ~/.ssh/config or git config "
+                    f"remote.{remote}.annex-ssh-options)"):
         campaign.repo.git.annex("copy", "--quiet", "--to", remote, "--not", "--in", remote,
                                 "--", *(paths or ["runs"]))
+    return True
 
 
 def get(campaign: Campaign, paths: list[str]) -> list[str]:

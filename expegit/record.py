@@ -57,10 +57,16 @@ class Record:
         return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> Record:
-        data = json.loads(text)
-        names = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_json(cls, text: str, where: object = "record") -> Record:
+        """Read a record; a damaged one is a CampaignError naming `where`."""
+        from expegit.campaign import CampaignError
+
+        try:
+            data = json.loads(text)
+            names = {f.name for f in attrs.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CampaignError(f"{where}: not a valid expegit record ({error})") from None
 
 
 def parse_parameters(argv: tuple[str, ...]) -> dict[str, object]:
@@ -113,7 +119,7 @@ def write(folder: Path, record: Record) -> Path:
 
 
 def read(folder: Path) -> Record:
-    return Record.from_json((folder / RECORD).read_text())
+    return Record.from_json((folder / RECORD).read_text(), folder / RECORD)
 
 
 def all_records(runs: Path) -> Iterator[Record]:
@@ -125,7 +131,7 @@ def all_records(runs: Path) -> Iterator[Record]:
             path = os.path.join(entry.path, RECORD)
             if entry.is_dir() and os.path.isfile(path):
                 with open(path) as f:
-                    yield Record.from_json(f.read())
+                    yield Record.from_json(f.read(), path)
 
 
 def find(runs: Path, prefix: str) -> Path:

@@ -51,10 +51,27 @@ def sync(campaign: Campaign, remote: str = "origin", attempts: int = ATTEMPTS) -
                 if not _rejected(error) or attempt == attempts:
                     raise CampaignError(f"push to {remote} failed: {_git_error(error)}") from None
             else:
-                large.copy_to(campaign, remote)
+                if large.copy_to(campaign, remote):
+                    _push_annex_branch(campaign, remote)  # it now says the remote has them
                 return Synced(remote, merged, attempt)
         time.sleep(random.uniform(0.05, 0.3) * attempt)  # someone pushed: fetch and merge again
     raise AssertionError("unreachable")
+
+
+def _push_annex_branch(campaign: Campaign, remote: str) -> None:
+    """Push where large files are now; merging any git-annex branch pushed in between (its
+    log merges by union, so this never conflicts)."""
+    repo = campaign.repo
+    for attempt in range(ATTEMPTS):
+        try:
+            repo.git.push("--quiet", remote, "git-annex:refs/heads/git-annex")
+            return
+        except git.GitCommandError as error:
+            if not _rejected(error) or attempt == ATTEMPTS - 1:
+                raise CampaignError(f"push to {remote} failed: {_git_error(error)}") from None
+        with git_errors(f"cannot reach {remote}"):
+            repo.git.fetch("--quiet", remote)
+        large.merge_branch(campaign)
 
 
 def _exists(repo: git.Repo, ref: str) -> bool:

@@ -48,3 +48,13 @@ def test_find_by_prefix(tmp_path):
     with pytest.raises(CampaignError, match="no such run"):
         find(tmp_path, "cccc")
     assert sorted(r.id for r in all_records(tmp_path)) == ["aaaa1111", "aaaa2222", "bbbb3333"]
+
+
+def test_a_damaged_record_is_one_clear_error(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "record.json").write_text("{}")
+    with pytest.raises(CampaignError, match="x/record.json: not a valid expegit record"):
+        read(tmp_path / "x")
+    (tmp_path / "x" / "record.json").write_text("[1")
+    with pytest.raises(CampaignError, match="not a valid"):
+        list(all_records(tmp_path))
