@@ -1,0 +1,49 @@
+"""`expegit sync` against a local bare repository: records merge by union; a conflict in a
+shared file is refused, leaving the clone as it was."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from conftest import assert_clean, assert_refused, expegit, git, records
+
+
+def _two_clones(tmp_path: Path, campaign: Path) -> tuple[Path, Path]:
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(campaign, "remote", "add", "origin", str(bare))
+    expegit("sync", cwd=campaign)
+    expegit("clone", str(bare), "b", cwd=tmp_path)
+    return campaign, tmp_path / "b"
+
+
+def test_records_merge_by_union(tmp_path: Path, campaign: Path, local: str):
+    a, b = _two_clones(tmp_path, campaign)
+    expegit("run", local, "train.sh", "--param", "lr=0.1,0.2", cwd=a)
+    expegit("run", local, "train.sh", "--param", "lr=0.3", cwd=b)
+    expegit("sync", cwd=a)
+    expegit("sync", cwd=b)  # b merges a's records, then pushes
+    expegit("sync", cwd=a)
+    assert set(records(a)) == set(records(b)) and len(records(a)) == 3
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_conflict_outside_records_is_refused(tmp_path: Path, campaign: Path):
+    a, b = _two_clones(tmp_path, campaign)
+    for clone, text in ((a, "# mine\n"), (b, "# theirs\n")):
+        with open(clone / "expegit.yml", "a") as f:
+            f.write(text)
+        git(clone, "commit", "-q", "-am", "edit settings")
+    expegit("sync", cwd=a)
+    head = git(b, "rev-parse", "HEAD")
+    done = expegit("sync", cwd=b, check=False)
+    assert_refused(done, "conflicts in expegit.yml")
+    assert "git merge origin/main" in done.stderr
+    assert git(b, "rev-parse", "HEAD") == head
+    assert_clean(b)
+
+
+def test_unknown_remote_is_refused(campaign: Path):
+    assert_refused(expegit("sync", "nowhere", cwd=campaign, check=False), "no remote named")
