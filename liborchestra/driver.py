@@ -101,6 +101,11 @@ class Source(abc.ABC):
         same row after a crash: make it idempotent. Returns the objective value, if any."""
         return None
 
+    async def claim(self, row: Row) -> bool:
+        """Whether this driver may run `row` now (a queued or requeued one included): False
+        when the work belongs to another driver by now (a shared search store took it over)."""
+        return True
+
     def window(self, slots: int) -> int:
         """How many executions to keep in flight for `slots` live slots: enough ahead that
         an elastic allocation sees demand and no slot idles."""
@@ -279,6 +284,10 @@ class Driver:
         attempts, lost = row.attempts, row.lost
         holding = True  # counted in the window until its result is in (not while recorded)
         try:
+            if not await self.source.claim(row):
+                self.journal.finished(row.seq, State.CANCELLED.value, None,
+                                      "taken over by another driver")
+                return
             while True:
                 run_id = row.uuid if attempts == 0 else f"{row.uuid}.{attempts}"
                 execution = self.source.execution(row, run_id)

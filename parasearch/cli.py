@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import socket
 import sys
 import time
+import uuid as uuidlib
 from pathlib import Path
 
 import anyio
@@ -30,11 +33,12 @@ from parasearch.samplers import SAMPLERS, create_sampler
 from parasearch.samplers.base import SamplerError
 from parasearch.search import SearchSettings, SearchSource
 from parasearch.space import Fidelity, Space, SpaceError
+from parasearch.store import Store, StoreError, shown, store_url
 from parasearch.view import SearchView
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
-EXIT_USAGE = 2
+EXIT_USAGE, EXIT_INFRASTRUCTURE = 2, 3
 QUERIES = ("status", "best", "report", "export")
 MULTI_FIDELITY = ("asha", "hyperband")
 
@@ -65,6 +69,12 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", help="expected duration of each trial (e.g. 20m)")
     p.add_argument("--code", type=Path, help="folder to ship (default: the script's folder)")
     p.add_argument("--resume", action="store_true", help="continue the search NAME")
+    p.add_argument("--storage", metavar="URL",
+                   help="the shared search store: postgresql://USER@HOST/DB (many drivers, "
+                        "many machines) or sqlite:///PATH (default: ./search/NAME/search.sqlite)")
+    p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                   help="how long a trial stays reserved without this driver's heartbeat "
+                        "(default 60); then another driver takes it over")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a live view")
     p.add_argument("-l", "--leave", choices=LEAVE, default="code")
     return p
@@ -79,6 +89,8 @@ def query_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=text, description=text)
         q.add_argument("name")
         q.add_argument("-o", "--output", type=Path, help="search folder (default ./search/NAME)")
+        q.add_argument("--storage", metavar="URL", help="the search store, when not this "
+                       "folder's (postgresql://USER@HOST/DB or sqlite:///PATH)")
         if name == "best":
             q.add_argument("--top", type=int, default=1)
             q.add_argument("--json", action="store_true")
@@ -102,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             argv, tail = argv[:cut], argv[cut + 1:]
         args = search_parser().parse_args(argv)
         args.args = [*args.args, *tail]
-        journal = _resumed(args) if args.resume else _new(args)
+        journal, store = _resumed(args) if args.resume else _new(args)
         interrupts = Interrupts(renderer)
-        return anyio.run(interrupts.run, _search, journal, args, renderer, backend="asyncio")
+        return anyio.run(interrupts.run, _search, journal, store, args, renderer,
+                         backend="asyncio")
+    except StoreError as error:
+        renderer.error(str(error))
+        return EXIT_INFRASTRUCTURE
     except (OrchestraError, SpaceError, SamplerError) as error:
         renderer.error(str(error))
         return EXIT_USAGE
@@ -118,20 +134,24 @@ def run() -> None:
 
 # -- a search --------------------------------------------------------------------------------------
 
-def _settings(meta: dict, folder: Path) -> SearchSettings:
-    template = Template(tuple((text, name) for text, name in meta["template"]))
-    space = Space.parse(meta["priors"])
+SHARED = ("template", "priors", "algo", "n", "seed", "maximize", "max_broken")  # in the store
+
+
+def _settings(meta: dict, shared: dict, folder: Path) -> SearchSettings:
+    template = Template(tuple((text, name) for text, name in shared["template"]))
     return SearchSettings(
-        script=Path(meta["script"]), output=folder, template=template, space=space,
-        algo=meta["algo"], n=int(meta["n"]), seed=int(meta["seed"]),
-        maximize=bool(meta["maximize"]), parallel=meta.get("parallel"),
-        max_broken=int(meta["max_broken"]),
+        script=Path(meta["script"]), output=folder, template=template,
+        space=Space.parse(shared["priors"]), algo=shared["algo"], n=int(shared["n"]),
+        seed=int(shared["seed"]), maximize=bool(shared["maximize"]),
+        parallel=meta.get("parallel"), max_broken=int(shared["max_broken"]),
         code=Path(meta["code"]) if meta.get("code") else None,
-        duration=parse_duration(meta["duration"]) if meta.get("duration") else None)
+        duration=parse_duration(meta["duration"]) if meta.get("duration") else None,
+        lease=float(meta["lease"]))
 
 
-def _new(args: argparse.Namespace) -> Journal:
-    """Check everything first (one clear error, nothing written), then create the record."""
+def _new(args: argparse.Namespace) -> tuple[Journal, Store]:
+    """Check everything first (one clear error, nothing written), then create this driver's
+    journal, and the search in the store unless another driver created it (then join it)."""
     if args.profile is None or args.script is None:
         raise OrchestraError("parasearch needs PROFILE SCRIPT (or --resume --name NAME)")
     if not args.script.is_file():
@@ -140,7 +160,7 @@ def _new(args: argparse.Namespace) -> Journal:
         raise OrchestraError(f"--algo {args.algo}: unknown; known: {', '.join(SAMPLERS)}")
     for flag, value, low in (("--n", args.n, 1), ("--max-broken", args.max_broken, 1),
                              ("--crash-limit", args.crash_limit, 0),
-                             ("--parallel", args.parallel, 1)):
+                             ("--parallel", args.parallel, 1), ("--lease", args.lease, 3)):
         if value is not None and value < low:
             raise OrchestraError(f"{flag} must be {low} or more, not {value}")
     if args.duration:
@@ -164,48 +184,66 @@ def _new(args: argparse.Namespace) -> Journal:
     profile = load_profile(args.profile)
     name = args.name or default_name(args.script.stem)
     folder = record.search_folder(name, args.output)
+    if (folder / record.JOURNAL).exists():
+        raise OrchestraError(f"{folder}: a driver of search {name!r} ran here; use --resume "
+                             "--name to continue it, or another --name or -o")
+    shared = {"name": name, "template": [list(p) for p in template.parts], "priors": priors,
+              "algo": args.algo, "n": args.n, "seed": args.seed, "maximize": args.maximize,
+              "max_broken": args.max_broken, "created": time.time()}
+    url = store_url(args.storage, folder)
+    store = Store(url, name)
+    if store.exists():  # another driver's search: join it if it is the same search
+        theirs = store.meta()
+        differ = [k for k in SHARED if theirs.get(k) != shared[k]]
+        if differ:
+            store.close()
+            raise OrchestraError(f"search {name!r} exists in {shown(url)} with other "
+                                 f"{', '.join(differ)}: give the same, or another --name")
+    else:
+        store.create(shared)
     path = Path(args.profile).expanduser()
-    meta = {"name": name, "kind": "search", "profile_name": profile.name,
+    meta = {"name": name, "kind": "search-driver", "storage": url,
+            "driver_id": f"{socket.gethostname()}-{uuidlib.uuid4().hex[:8]}",
+            "profile_name": profile.name,
             "profile": str(path.resolve()) if path.is_file() else args.profile,
             "script": str(args.script.resolve()),
             "code": str(args.code.resolve()) if args.code else None,
-            "template": [list(p) for p in template.parts],
-            "priors": priors,
-            "algo": args.algo, "n": args.n, "seed": args.seed, "maximize": args.maximize,
-            "parallel": args.parallel, "max_broken": args.max_broken,
-            "duration": args.duration, "leave": args.leave, "created": time.time(),
+            "parallel": args.parallel, "duration": args.duration, "leave": args.leave,
+            "lease": args.lease, "created": time.time(),
             **Policy(crash_limit=args.crash_limit).to_meta()}
-    return Journal.create(folder / record.RECORD, meta)
+    return Journal.create(folder / record.JOURNAL, meta), store
 
 
-def _resumed(args: argparse.Namespace) -> Journal:
+def _resumed(args: argparse.Namespace) -> tuple[Journal, Store]:
     if not args.name:
         raise OrchestraError("--resume needs --name NAME (the search to continue)")
-    journal = record.open_search(args.name, args.output)
+    journal = record.local_journal(args.name, args.output)
+    if journal is None:
+        raise OrchestraError(f"no search named {args.name!r} ran here (no "
+                             f"{record.search_folder(args.name, args.output) / record.JOURNAL})")
     meta = journal.meta()
-    given = {"script": str(args.script.resolve()) if args.script else None,
-             "arguments": args.args or None}
-    recorded = {"script": meta["script"],
-                "arguments": list(_settings(meta, journal.path.parent).template.render(
-                    {n: f"<{n}>" for n in Space.parse(meta["priors"]).names}))}
+    store = Store(meta["storage"], args.name)
+    shared = store.meta()
+    if args.script and str(args.script.resolve()) != meta["script"]:
+        raise OrchestraError(f"--resume: the script differs from the search's record "
+                             f"({args.script.resolve()} given, {meta['script']} recorded)")
     if args.args:
-        template, space, _ = search_space(args.args, args.space)
-        given["arguments"] = list(template.render({n: f"<{n}>" for n in space.names}))
-    for key, value in given.items():
-        if value is not None and value != recorded[key]:
-            raise OrchestraError(f"--resume: the {key} differ from the search's record "
-                                 f"({value} given, {recorded[key]} recorded)")
-    return journal
+        template, space, priors = search_space(args.args, args.space)
+        given = [list(p) for p in template.parts]
+        if given != shared["template"] or priors != shared["priors"]:
+            raise OrchestraError(f"--resume: the script arguments differ from the search's "
+                                 f"record ({shlex.join(args.args)} given)")
+    return journal, store
 
 
-async def _search(journal: Journal, args: argparse.Namespace, renderer: Renderer,
-                  interrupts: Interrupts) -> int:
+async def _search(journal: Journal, store: Store, args: argparse.Namespace,
+                  renderer: Renderer, interrupts: Interrupts) -> int:
     meta = journal.meta()
-    settings = _settings(meta, journal.path.parent)
+    settings = _settings(meta, store.meta(), journal.path.parent)
     profile = load_profile(str(meta["profile"]))
     with journal.lease():
         async with Engine(profile, leave=str(meta["leave"])) as engine:
-            source = SearchSource(engine, settings)
+            source = SearchSource(engine, settings, store, str(meta["driver_id"]))
             view = SearchView(journal, engine, source, settings, args.json, renderer.console)
             engine.listeners.append(view.event)
             driver = Driver(engine, journal, source, Policy.from_meta(meta))
@@ -215,6 +253,7 @@ async def _search(journal: Journal, args: argparse.Namespace, renderer: Renderer
             with view:
                 await view.run_beside(driver.run())
         view.summary()
+    store.close()
     if source.failure:
         renderer.error(source.failure)
         return 1
@@ -224,24 +263,29 @@ async def _search(journal: Journal, args: argparse.Namespace, renderer: Renderer
 # -- queries -------------------------------------------------------------------------------------
 
 def _query(args: argparse.Namespace, renderer: Renderer) -> int:
-    journal = record.open_search(args.name, args.output)
-    meta = journal.meta()
-    rows = record.trials(journal)
+    store = record.open_search(args.name, args.output, args.storage)
+    meta = store.meta()
+    rows = record.trials(store)
+    store.close()
     maximize = bool(meta.get("maximize"))
     best = record.ranked(rows, maximize)
+    folder = record.search_folder(args.name, args.output)
     if args.query == "status":
         counts: dict[str, int] = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1
         done = counts.get("completed", 0)
-        alive = "running" if journal.driver_alive() else "stopped"
+        drivers = sorted({r.driver for r in rows if r.state == "reserved"})
+        local = record.local_journal(args.name, args.output)
+        here = "running" if local is not None and local.driver_alive() else "stopped"
         print(f"{meta['name']}: {meta['algo']}, {done} of {meta['n']} completed "
-              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); driver {alive}")
+              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); driver here "
+              f"{here}; trials reserved by {len(drivers)} driver(s)")
         if best:
             print(f"  best {best[0].value!r} at {_shown(best[0].params)} (trial {best[0].seq})")
         for r in [r for r in rows if r.state == "failed"][-5:]:
             print(f"  failed trial {r.seq} [{_shown(r.params)}]: {r.message}"
-                  + _stderr_tail(journal.path.parent / r.uuid))
+                  + _stderr_tail(folder / r.uuid))
         return 0
     if args.query == "best":
         top = best[:max(1, args.top)]
@@ -262,7 +306,7 @@ def _query(args: argparse.Namespace, renderer: Renderer) -> int:
         return 0
     from parasearch.report import report_html
 
-    target = args.file or journal.path.parent / "report.html"
+    target = args.file or folder / "report.html"
     fidelity = next((d.name for d in Space.parse(meta["priors"]) if isinstance(d, Fidelity)),
                     None)
     target.write_text(report_html(meta["name"], rows, maximize, fidelity=fidelity))

@@ -1,30 +1,34 @@
-"""The search: a sampler as a source of the shared driver loop (liborchestra.driver).
+"""The search: a sampler as a source of the shared driver loop (liborchestra.driver), over
+the shared search store (store.py).
 
 Each time a slot frees, the driver asks `next`, which asks the sampler: no batch barrier.
-Every trial is a journal row (payload: its parameters, how many results the sampler had when
-it was asked, and the order its own result was told), so a resumed search replays the asks
-and tells in their original order and the sampler is back where it was; the driver recovers
-the trials that were in flight. The journal is the search record: `search/NAME/search.sqlite`.
+Before every ask the sampler is brought up to date with the store (trials and results of every
+driver, replayed in their original order), under the store's ask lock, so drivers never
+propose the same trial. The driver's own journal (`search/NAME/journal.sqlite`) lets it
+resume and recover its executions; the store says which trials are whose.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import uuid as uuidlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import attrs
 
 from liborchestra.driver import Driver, Source, Work
 from liborchestra.engine import Engine
 from liborchestra.execution import Execution, Result, State
-from liborchestra.journal import Journal, Row
+from liborchestra.journal import Row
 from parasearch.arguments import Template
 from parasearch.objective import read_objective
 from parasearch.samplers import create_sampler
 from parasearch.samplers.base import PENDING, Sampler, SearchExhausted
 from parasearch.space import Space
+from parasearch.store import COMPLETED, FAILED, LOST, RESERVED, Store, StoredTrial
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +36,18 @@ log = logging.getLogger(__name__)
 @attrs.frozen
 class SearchSettings:
     script: Path
-    output: Path  # search folder: the record, one sub-folder per trial
+    output: Path  # this driver's folder: its journal, one sub-folder per run
     template: Template
     space: Space
     algo: str = "random"
-    n: int = 100  # completed trials that end the search
+    n: int = 100  # completed trials (of every driver) that end the search
     seed: int = 0
     maximize: bool = False
     parallel: int | None = None  # at most this many trials in flight (default: the slots)
     max_broken: int = 10
     code: Path | None = None
     duration: float | None = None
+    lease: float = 60.0  # seconds a trial stays reserved without a heartbeat
 
 
 @attrs.frozen
@@ -55,49 +60,79 @@ class TrialRecorded:
     value: float | None
     problem: str
     best: float | None
-
-
-class SearchFailed(Exception):
-    """Too many broken trials: the search stopped (running trials were drained)."""
+    kept: bool  # False: another driver had taken the trial over; this result was ignored
 
 
 class SearchSource(Source):
-    def __init__(self, engine: Engine, settings: SearchSettings) -> None:
-        self.engine, self.settings = engine, settings
+    def __init__(self, engine: Engine, settings: SearchSettings, store: Store,
+                 driver_id: str) -> None:
+        self.engine, self.settings, self.store, self.me = engine, settings, store, driver_id
         self.sampler: Sampler = create_sampler(settings.algo, settings.space, seed=settings.seed,
                                                maximize=settings.maximize)
         self.driver: Driver | None = None
         self.exhausted = False
         self.failure: str | None = None
-        self._trial_of: dict[str, int] = {}  # row uuid -> sampler trial id
-        self._told = 0
-        self._broken: list[Row] = []
+        self._tells = 0  # results applied to the sampler, in the store's order
+        self._known: dict[int, StoredTrial] = {}  # number -> latest view of the trial
+        self._mine: set[int] = set()  # trials this driver reserved in this life
 
     # -- Source ----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def open(self, driver: Driver) -> AsyncIterator[None]:
         self.driver = driver
-        self._replay(driver.journal)
-        yield
+        self.refresh()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                with contextlib.suppress(Exception):  # others may take over what is left
+                    self.store.release(self.me)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.lease / 3)
+            try:
+                self.store.heartbeat(self.me, self.settings.lease)
+            except Exception as error:  # a store that blinks: the next beat may work
+                log.warning("heartbeat failed: %s", error)
 
     async def next(self, n: int) -> list[Work] | None:
-        completed = self.completed()
-        if completed >= self.settings.n or self.exhausted or self.failure:
+        if self.exhausted or self.failure:
             return None
-        pending = sum(1 for r in self.sampler.records if r.state == PENDING)
-        take = min(n, self.settings.n - completed - pending)
-        work = []
-        for _ in range(max(0, take)):
-            try:
-                trial = self.sampler.ask()
-            except SearchExhausted:
-                self.exhausted = True
-                break
-            work.append(self._work(trial.id, trial.params))
-        if not work and self.exhausted and not pending:
+        with self.store.asking() as db:
+            self._apply(self.store.trials(db, since_number=0))
+            completed = self.completed()
+            if completed >= self.settings.n:
+                return None
+            taken = self.store.take_over(db, self.me, self.settings.lease)
+            work = [self._work(t.number, t.params) for t in taken]
+            reserved = sum(1 for t in self._known.values() if t.state == RESERVED)
+            for _ in range(max(0, min(n - len(work), self.settings.n - completed - reserved))):
+                try:
+                    trial = self.sampler.ask()
+                except SearchExhausted:
+                    self.exhausted = True
+                    break
+                item = self._work(trial.id, trial.params)
+                self.store.reserve(db, trial.id, item.payload["params"], self._tells, self.me,
+                                   self.settings.lease, item.uuid)
+                work.append(item)
+        for item in work:
+            self._mine.add(item.payload["number"])
+        if not work and self.exhausted and reserved == 0:
             return None
-        return work
+        return work  # [] while other drivers' trials may still fail and need replacing
+
+    async def claim(self, row: Row) -> bool:
+        number = row.payload["number"]
+        if number in self._mine:
+            return True
+        # a row of an earlier life of this driver: run it only if the trial is still ours
+        self._mine.add(number)
+        return self.store.renew(number, self.me, self.settings.lease, row.uuid)
 
     def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
@@ -105,76 +140,79 @@ class SearchSource(Source):
                          output=s.output / row.uuid, duration=s.duration)
 
     def window(self, slots: int) -> int:
-        if self.settings.parallel is not None:
-            return self.settings.parallel
-        return max(1, slots)
+        return self.settings.parallel if self.settings.parallel is not None else max(1, slots)
 
     async def done(self, row: Row, result: Result) -> float | None:
         journal = self.driver.journal
-        value, problem, state = None, result.message, result.state.value
+        value, metrics, problem = None, {}, result.message
+        state = {State.COMPLETED: COMPLETED, State.FAILED: FAILED}.get(result.state, LOST)
         if result.state is State.COMPLETED:
             objective = read_objective(self.settings.output / row.uuid)
-            value, problem = objective.value, objective.problem
-            row.payload["metrics"] = objective.metrics
+            value, metrics, problem = objective.value, objective.metrics, objective.problem
             if value is None:
-                state = State.FAILED.value
-                journal.finished(row.seq, state, result.ecode, problem, recorded=False)
+                state = FAILED
+                journal.finished(row.seq, State.FAILED.value, result.ecode, problem,
+                                 recorded=False)
         elif result.state is State.FAILED:
             problem = f"exit {result.ecode}" if result.ecode is not None else result.message
-        trial = self._trial_of.get(row.uuid)
-        if trial is not None and self.sampler.records[trial].state == PENDING:
-            self.sampler.tell(trial, value)
-            row.payload["order"] = self._told
-            self._told += 1
-        journal.update_payload(row.seq, row.payload)
-        if state == State.FAILED.value:  # a lost trial (the infrastructure) is not broken
-            self._broken.append(row)
-            if len(self._broken) >= self.settings.max_broken and self.failure is None:
-                self.failure = (f"{len(self._broken)} trials broken (--max-broken "
-                                f"{self.settings.max_broken}); last: {problem}")
-                self.driver.drain()
+        (started,) = journal.db.execute("SELECT started FROM executions WHERE seq = ?",
+                                        (row.seq,)).fetchone()
+        kept = self.store.finish(row.payload["number"], self.me, state, value, metrics,
+                                 problem, result.node, started)
+        if not kept:
+            journal.finished(row.seq, State.CANCELLED.value, result.ecode,
+                             "taken over by another driver: this result is ignored",
+                             recorded=False)
+        self.refresh()
+        broken = sum(1 for t in self._known.values() if t.state == FAILED)
+        if broken >= self.settings.max_broken and self.failure is None:
+            self.failure = (f"{broken} trials broken (--max-broken {self.settings.max_broken});"
+                            f" last: {problem}")
+            self.driver.drain()
         best = self.sampler.best
         self.engine.emit(TrialRecorded(row.uuid, row.payload.get("params", {}), state,  # type: ignore[arg-type]
-                                       value, problem, best.value if best else None))
-        return value
+                                       value, problem, best.value if best else None, kept))
+        return value if kept else None
 
-    # -- the record ------------------------------------------------------------------------------
+    # -- the shared history ------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        self._apply(self.store.trials(since_number=0))
 
     def completed(self) -> int:
-        return sum(1 for r in self.sampler.records if r.state == "complete")
+        return sum(1 for t in self._known.values() if t.state == COMPLETED)
 
-    def broken(self) -> list[Row]:
-        return list(self._broken)
+    def broken(self) -> list[StoredTrial]:
+        return [t for t in self._known.values() if t.state == FAILED]
 
-    def _work(self, trial: int, params: dict) -> Work:
+    def _apply(self, stored: list[StoredTrial]) -> None:
+        """Bring the sampler up to date: new trials adopted in their order, each after the
+        results known when it was asked; then the newer results, in their order."""
+        for trial in stored:
+            self._known[trial.number] = trial
+        tells = sorted((t for t in self._known.values() if t.told is not None
+                        and t.told >= self._tells), key=lambda t: t.told)
+        pending_tells = iter(tells)
+        nxt = next(pending_tells, None)
+        for number in range(len(self.sampler.records), len(self._known)):
+            trial = self._known.get(number)
+            if trial is None:
+                break  # a gap (a number being written right now): the rest waits
+            while nxt is not None and nxt.told < trial.asked_after and nxt.number < number:
+                self._tell(nxt)
+                nxt = next(pending_tells, None)
+            self.sampler.adopt(trial.params)
+        while nxt is not None and nxt.number < len(self.sampler.records):
+            self._tell(nxt)
+            nxt = next(pending_tells, None)
+
+    def _tell(self, trial: StoredTrial) -> None:
+        if self.sampler.records[trial.number].state == PENDING:
+            self.sampler.tell(trial.number, trial.value if trial.state == COMPLETED else None)
+        self._tells = max(self._tells, trial.told + 1)
+
+    def _work(self, number: int, params: dict) -> Work:
+        params = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
         argv = self.settings.template.render(params)
-        work = Work(argv, " ".join(argv),
-                    {"params": _plain(params), "trial": trial, "after": self._told})
-        self._trial_of[work.uuid] = trial
-        return work
-
-    def _replay(self, journal: Journal) -> None:
-        """Asks in their order (rows), each after the tells that preceded it (payload
-        `after`), tells in theirs (payload `order`): the sampler as it was."""
-        rows = journal.rows()
-        tells = sorted((r for r in rows if "order" in r.payload), key=lambda r: r.payload["order"])
-        told = 0
-        for row in rows:
-            while told < len(tells) and tells[told].payload["order"] < row.payload.get("after", 0):
-                self._tell_replayed(tells[told])
-                told += 1
-            trial = self.sampler.adopt(row.payload["params"])
-            self._trial_of[row.uuid] = trial.id
-        for row in tells[told:]:
-            self._tell_replayed(row)
-        self._told = len(tells)
-        self._broken = [r for r in rows if r.state == State.FAILED.value]
-
-    def _tell_replayed(self, row: Row) -> None:
-        trial = self._trial_of.get(row.uuid)
-        if trial is not None:
-            self.sampler.tell(trial, row.value if row.state == State.COMPLETED.value else None)
-
-
-def _plain(params: dict) -> dict:
-    return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
+        return Work(argv, " ".join(argv), {"params": params, "number": number},
+                    str(uuidlib.uuid4()))

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import attrs
 
 from liborchestra.errors import OrchestraError
 from liborchestra.journal import Journal
+from parasearch.store import Store, shown, store_url
 
-RECORD = "search.sqlite"
+RECORD = "search.sqlite"  # the default store (SQLite), in the search folder
+JOURNAL = "journal.sqlite"  # the journal of the driver that runs in this folder
 
 
 @attrs.frozen
 class TrialRow:
-    seq: int
-    uuid: str
+    seq: int  # the trial's number in the search
+    uuid: str  # its run folder (in the folder of the driver that ran it)
     params: dict
     state: str
     value: float | None
@@ -26,32 +27,41 @@ class TrialRow:
     node: str | None
     duration: float | None
     message: str
+    driver: str = ""
 
 
 def search_folder(name: str, output: Path | None = None) -> Path:
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise OrchestraError(f"--name {name!r}: a search name is a name, not a path")
     return (output or Path("search") / name).resolve()
 
 
-def open_search(name: str, output: Path | None = None) -> Journal:
-    path = search_folder(name, output) / RECORD
-    if not path.is_file():
-        raise OrchestraError(f"no search named {name!r} (no {path})")
-    journal = Journal.open(path)
-    if journal.meta().get("kind") != "search":
-        raise OrchestraError(f"{path}: not a parasearch record")
-    return journal
+def open_search(name: str, output: Path | None = None, storage: str | None = None) -> Store:
+    """The store of the search `name`: the one this folder's driver uses, else `storage`
+    (default: SQLite in ./search/NAME)."""
+    folder = search_folder(name, output)
+    journal = folder / JOURNAL
+    if storage is None and journal.is_file():
+        storage = Journal.open(journal).meta().get("storage")
+    store = Store(store_url(storage, folder), name) if storage or (folder / RECORD).is_file() \
+        else None
+    if store is None or not store.exists():
+        raise OrchestraError(f"no search named {name!r}"
+                             + (f" in {shown(store.url)}" if store else f" (no {folder})"))
+    return store
 
 
-def trials(journal: Journal) -> list[TrialRow]:
-    query = ("SELECT seq, uuid, payload, state, value, node, started, finished, message "
-             "FROM executions ORDER BY seq")
+def local_journal(name: str, output: Path | None = None) -> Journal | None:
+    path = search_folder(name, output) / JOURNAL
+    return Journal.open(path) if path.is_file() else None
+
+
+def trials(store: Store) -> list[TrialRow]:
     out = []
-    for seq, uuid, payload, state, value, node, started, finished, message in \
-            journal.db.execute(query):
-        data = json.loads(payload or "{}")
-        duration = finished - started if started and finished and state != "queued" else None
-        out.append(TrialRow(seq, uuid, data.get("params", {}), state, value,
-                            data.get("metrics", {}), node, duration, message or ""))
+    for t in store.trials():
+        duration = t.finished - t.started if t.started and t.finished else None
+        out.append(TrialRow(t.number, t.run or "", t.params, t.state, t.value, t.metrics,
+                            t.node, duration, t.message, t.driver))
     return out
 
 
@@ -64,7 +74,7 @@ def ranked(rows: list[TrialRow], maximize: bool) -> list[TrialRow]:
 def as_records(rows: list[TrialRow]) -> list[dict]:
     return [{"trial": r.seq, "uuid": r.uuid, "state": r.state, "objective": r.value,
              "params": r.params, "metrics": r.metrics, "node": r.node, "duration": r.duration,
-             "message": r.message} for r in rows]
+             "driver": r.driver, "message": r.message} for r in rows]
 
 
 def to_csv(rows: list[TrialRow]) -> str:
@@ -74,10 +84,11 @@ def to_csv(rows: list[TrialRow]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["trial", "uuid", "state", "objective", *names, *metrics, "node",
-                     "duration", "message"])
+                     "duration", "driver", "message"])
     for r in rows:
         writer.writerow([r.seq, r.uuid, r.state, "" if r.value is None else repr(r.value),
                          *(r.params.get(k, "") for k in names),
                          *(r.metrics.get(k, "") for k in metrics), r.node or "",
-                         "" if r.duration is None else f"{r.duration:.3f}", r.message])
+                         "" if r.duration is None else f"{r.duration:.3f}", r.driver,
+                         r.message])
     return buffer.getvalue()

@@ -63,6 +63,7 @@ class Testbed:
     pbs: bool = True
     # PBS-style qsub/qstat/qdel/pbsnodes (over Slurm), not on any PATH
     pbs_bin: pathlib.Path = pathlib.Path("/opt/pbs-compat/bin")
+    postgres: str = ""  # URL of the bed's PostgreSQL (user orchestra, database searches)
 
     @property
     def nodes(self) -> list[str]:
@@ -304,6 +305,7 @@ def load_testbed(tb: str | os.PathLike[str] | None = None, *, repair: bool = Fal
         accounting=bool(info["accounting"]),
         pbs=bool(info["pbs"]),
         pbs_bin=pathlib.Path(info["pbs_bin"]),
+        postgres=info.get("postgres", ""),
     )
     if repair and bed.missing():
         bed.revive()

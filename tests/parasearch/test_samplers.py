@@ -27,7 +27,8 @@ NUMERIC = Space.parse(
         "noise~normal(0, 1)",
     ]
 )
-ALL = sorted(SAMPLERS)
+# the multi-fidelity samplers need a fidelity dimension: tests/parasearch/test_asha.py
+ALL = sorted(n for n in SAMPLERS if n not in ("asha", "hyperband"))
 
 
 def _space_for(name):

@@ -42,8 +42,8 @@ def parasearch(*args, cwd: Path, env: dict | None = None, timeout: float = 300):
 def trial_rows(folder: Path) -> list[tuple]:
     db = sqlite3.connect(folder / "search.sqlite")
     try:
-        return db.execute("SELECT uuid, state, value, payload, message FROM executions "
-                          "ORDER BY seq").fetchall()
+        return db.execute("SELECT run, state, value, params, message FROM trials "
+                          "ORDER BY number").fetchall()
     finally:
         db.close()
 

@@ -72,6 +72,12 @@ mpid=$(cat "$TB/run/mariadbd.pid" 2>/dev/null || true)
 if tb_alive "$mpid" && [ "$(comm_of "$mpid")" = mariadbd ]; then
     mariadb -e 'DROP DATABASE IF EXISTS slurm_acct_db' >/dev/null 2>&1 || true
 fi
+# PostgreSQL (shared search stores): a fast shutdown (SIGINT) disconnects its clients
+pgpid=$(head -n 1 "$TB/pg/postmaster.pid" 2>/dev/null || true)
+if tb_alive "$pgpid" && [ "$(comm_of "$pgpid")" = postgres ]; then
+    kill -INT "$pgpid" 2>/dev/null || true
+    killed+=("$pgpid")
+fi
 term_pidfile "$TB/run/sshd-local.pid" sshd
 term_pidfile "$TB/run/mariadbd.pid" mariadbd
 term_pidfile /run/munge/munged.pid munged

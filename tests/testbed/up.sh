@@ -95,6 +95,7 @@ PKGS="openssh-server openssh-client munge slurmctld slurmd slurm-client procps i
 [ "$TB_SGE" = 1 ] && PKGS+=" gridengine-master gridengine-exec gridengine-client"
 [ "$TB_PBS" = 1 ] && PKGS+=" libslurm-perl libslurmdb-perl libswitch-perl perl"
 PKGS+=" git git-annex"
+[ "$TB_PG_PORT" != 0 ] && PKGS+=" postgresql"
 
 # shellcheck disable=SC2086
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null | awk '/ install ok installed$/ {print $1}' || true)
@@ -457,6 +458,32 @@ if [ "$TB_LOCAL_SSH_PORT" != 0 ] && ! listening root "$TB_LOCAL_SSH_PORT"; then
     step "stock sshd started on 127.0.0.1:$TB_LOCAL_SSH_PORT (MaxSessions 10, MaxStartups 10:30:100)"
 fi
 
+# PostgreSQL on 127.0.0.1:$TB_PG_PORT for shared search stores: password auth over TCP (user
+# orchestra, database searches), a throw-away cluster in $TB/pg (no fsync).
+PG_PASSWORD=orchestra-tests
+if [ "$TB_PG_PORT" != 0 ] && ! listening root "$TB_PG_PORT"; then
+    pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1)
+    [ -n "$pg_bin" ] || tb_die "PostgreSQL is not installed (package postgresql)"
+    install -d -o postgres -g postgres -m 755 "$TB/run/pg"
+    if [ ! -f "$TB/pg/PG_VERSION" ]; then
+        install -d -o postgres -g postgres -m 700 "$TB/pg"
+        printf '%s\n' "$PG_PASSWORD" >"$TB/run/pg/pw"
+        chown postgres "$TB/run/pg/pw"
+        q runuser -u postgres -- "$pg_bin/initdb" -D "$TB/pg" -U postgres --auth-local=trust \
+            --auth-host=scram-sha-256 --pwfile="$TB/run/pg/pw"
+        rm -f "$TB/run/pg/pw"
+    fi
+    touch "$TB/log/postgres.log" && chown postgres "$TB/log/postgres.log"
+    q runuser -u postgres -- setsid "$pg_bin/pg_ctl" -D "$TB/pg" -l "$TB/log/postgres.log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $TB_PG_PORT -k $TB/run/pg -c fsync=off" start
+    pg() { runuser -u postgres -- "$pg_bin/psql" -h "$TB/run/pg" -p "$TB_PG_PORT" -U postgres "$@"; }
+    if [ "$(pg -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'orchestra'")" != 1 ]; then
+        q pg -c "CREATE ROLE orchestra LOGIN PASSWORD '$PG_PASSWORD'"
+        q pg -c "CREATE DATABASE searches OWNER orchestra"
+    fi
+    step "postgresql started on 127.0.0.1:$TB_PG_PORT (database searches, user orchestra)"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # sshd on every host
 # ---------------------------------------------------------------------------------------------
@@ -717,7 +744,12 @@ fi
         "$TB" "$TB_USER" "$TB/ssh/id_ed25519" "$TB/ssh/known_hosts"
     printf '  "local_port": %s,\n  "cpus": %s,\n  "sge": %s,\n  "accounting": %s,\n  "pbs": %s,\n' \
         "$TB_LOCAL_SSH_PORT" "$TB_CPUS" "$TB_SGE" "$TB_ACCOUNTING" "$TB_PBS"
-    printf '  "pbs_bin": "%s",\n  "hosts": {' "$TB_PBS_BIN"
+    printf '  "pbs_bin": "%s",\n' "$TB_PBS_BIN"
+    if [ "$TB_PG_PORT" != 0 ]; then
+        printf '  "postgres": "postgresql://orchestra:%s@127.0.0.1:%s/searches",\n' \
+            "$PG_PASSWORD" "$TB_PG_PORT"
+    fi
+    printf '  "hosts": {'
     sep=""
     for h in $TB_HOSTS; do printf '%s"%s": "%s"' "$sep" "$h" "$(tb_ip "$h")"; sep=", "; done
     printf '}\n}\n'
