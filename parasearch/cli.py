@@ -72,6 +72,9 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="URL",
                    help="the shared search store: postgresql://USER@HOST/DB (many drivers, "
                         "many machines) or sqlite:///PATH (default: ./search/NAME/search.sqlite)")
+    p.add_argument("--campaign", type=Path, metavar="DIR",
+                   help="record every trial in this expegit campaign (SCRIPT is in its code/, "
+                        "run at the commit of code/'s HEAD)")
     p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                    help="how long a trial stays reserved without this driver's heartbeat "
                         "(default 60); then another driver takes it over")
@@ -154,6 +157,12 @@ def _new(args: argparse.Namespace) -> tuple[Journal, Store]:
     journal, and the search in the store unless another driver created it (then join it)."""
     if args.profile is None or args.script is None:
         raise OrchestraError("parasearch needs PROFILE SCRIPT (or --resume --name NAME)")
+    recorded: dict = {}
+    if args.campaign is not None:  # checked first; the code is exported at its commit
+        from parasearch.campaign import prepare
+
+        recorded = prepare(args.campaign, str(args.script))
+        args.script = Path(recorded["tree"]) / recorded["campaign_script"]
     if not args.script.is_file():
         raise OrchestraError(f"{args.script}: no such script")
     if args.algo not in SAMPLERS:
@@ -209,7 +218,7 @@ def _new(args: argparse.Namespace) -> tuple[Journal, Store]:
             "script": str(args.script.resolve()),
             "code": str(args.code.resolve()) if args.code else None,
             "parallel": args.parallel, "duration": args.duration, "leave": args.leave,
-            "lease": args.lease, "created": time.time(),
+            "lease": args.lease, "created": time.time(), **recorded,
             **Policy(crash_limit=args.crash_limit).to_meta()}
     return Journal.create(folder / record.JOURNAL, meta), store
 
@@ -243,7 +252,14 @@ async def _search(journal: Journal, store: Store, args: argparse.Namespace,
     profile = load_profile(str(meta["profile"]))
     with journal.lease():
         async with Engine(profile, leave=str(meta["leave"])) as engine:
-            source = SearchSource(engine, settings, store, str(meta["driver_id"]))
+            if meta.get("campaign"):
+                from parasearch.campaign import CampaignSearch
+
+                source: SearchSource = CampaignSearch(
+                    engine, settings, store, str(meta["driver_id"]), meta=meta,
+                    profile=str(meta["profile"]))
+            else:
+                source = SearchSource(engine, settings, store, str(meta["driver_id"]))
             view = SearchView(journal, engine, source, settings, args.json, renderer.console)
             engine.listeners.append(view.event)
             driver = Driver(engine, journal, source, Policy.from_meta(meta))

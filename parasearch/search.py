@@ -147,7 +147,7 @@ class SearchSource(Source):
         value, metrics, problem = None, {}, result.message
         state = {State.COMPLETED: COMPLETED, State.FAILED: FAILED}.get(result.state, LOST)
         if result.state is State.COMPLETED:
-            objective = read_objective(self.settings.output / row.uuid)
+            objective = read_objective(self.execution(row, row.uuid).output)
             value, metrics, problem = objective.value, objective.metrics, objective.problem
             if value is None:
                 state = FAILED
