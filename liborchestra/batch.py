@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
 
-from liborchestra.driver import CanaryFailed, Source
+from liborchestra.driver import CanaryFailed, Driver, Source
 from liborchestra.engine import Engine
 from liborchestra.execution import Execution, Result
-from liborchestra.journal import Row
+from liborchestra.journal import Journal, Row
+from liborchestra.results import read_metrics, record, write_record
 
 __all__ = ["BatchSettings", "CanaryFailed", "PostCommandFailed", "PostOutputCapped",
            "SweepSource", "POST_ENV_LIMIT"]
@@ -59,10 +61,18 @@ class PostOutputCapped:
 
 
 class SweepSource(Source):
-    """The rows of a sweep, already in the journal; `done` runs the post-command."""
+    """The rows of a sweep, already in the journal. `done` runs the post-command, keeps the
+    metrics and the post-command's status in the row's payload (so every reader of the
+    journal sees them), writes the folder's record file and returns the objective."""
 
     def __init__(self, engine: Engine, settings: BatchSettings) -> None:
         self.engine, self.settings = engine, settings
+        self.journal: Journal | None = None
+
+    @contextlib.asynccontextmanager
+    async def open(self, driver: Driver) -> AsyncIterator[None]:
+        self.journal = driver.journal
+        yield
 
     def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
@@ -70,11 +80,27 @@ class SweepSource(Source):
                          output=s.output / row.uuid, duration=s.duration, env=s.env,
                          ship=s.ship)
 
-    async def done(self, row: Row, result: Result) -> None:
-        if self.settings.post_command and result.output is not None:
-            await self._post(row, result.output, result.ecode)
+    async def done(self, row: Row, result: Result) -> float | None:
+        folder = result.output
+        if folder is None:
+            return None
+        status = None
+        if self.settings.post_command and folder.is_dir():
+            status = await self._post(row, folder, result.ecode)
+        metrics = read_metrics(folder) if folder.is_dir() else None
+        payload = dict(row.payload)
+        if metrics is not None:
+            payload.update(objective=metrics.objective, metrics=metrics.values)
+        if status is not None:
+            payload["post"] = status
+        if self.journal is not None and payload != row.payload:
+            self.journal.update_payload(row.seq, payload)
+        if folder.is_dir():
+            write_record(folder, record(row, script=str(self.settings.script),
+                                        post=status, attempt_history=payload.get("history", [])))
+        return None if metrics is None else metrics.objective
 
-    async def _post(self, row: Row, folder: Path, ecode: int | None) -> None:
+    async def _post(self, row: Row, folder: Path, ecode: int | None) -> int:
         """The original's variables (RUNAWAY_STDOUT/STDERR hold the output, capped), the
         paths of the whole files, and a process group killed on cancellation."""
         env = {**os.environ, "RUNAWAY_ECODE": "" if ecode is None else str(ecode),
@@ -100,6 +126,7 @@ class SweepSource(Source):
             raise
         if status != 0:
             self.engine.emit(PostCommandFailed(row.uuid, status))  # type: ignore[arg-type]
+        return status
 
 
 def _capped(path: Path, limit: int) -> tuple[str, int]:

@@ -12,6 +12,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -22,14 +26,17 @@ import attrs
 from liborchestra import events
 from liborchestra.allocator import Allocator
 from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError, SSHError
-from liborchestra.execution import Execution, Result, State
-from liborchestra.launch import Launcher, LaunchSettings
+from liborchestra.execution import Execution, Result, State, tail
+from liborchestra.launch import Launcher, LaunchSettings, check_runnable
 from liborchestra.profile import Profile
 from liborchestra.schedulers import Allocation, Node, create_scheduler
 from liborchestra.shell import LocalShell, Shell, SrunShell, SSHShell
 from liborchestra.slots import SlotPool
 from liborchestra.ssh import Limits, SSHPool
 from liborchestra.transfer import CodeArchive, CodeCache, build_archive, remote_path
+
+if sys.version_info < (3, 11):  # anyio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 1.0  # seconds between batched removals of finished run folders
@@ -136,6 +143,7 @@ class Engine:
         of the script or the infrastructure: those are states of the Result)."""
         if self._tg is None:
             raise RuntimeError("use the engine inside `async with`")
+        check_runnable(execution.script)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         scope = anyio.CancelScope()
         future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
@@ -152,6 +160,10 @@ class Engine:
                        scope: anyio.CancelScope) -> None:
         result: Result | None = None
         running = _Running(scope)
+        asked, scratch = execution, None
+        if execution.output is None:  # fetched into a scratch folder: the Result keeps tails
+            scratch = Path(tempfile.mkdtemp(prefix="orchestra-result-"))
+            execution = attrs.evolve(execution, output=scratch)
         try:
             with scope:
                 result = await self._place(execution, running)
@@ -171,6 +183,10 @@ class Engine:
             self._pending -= 1
             if self._pending == 0:
                 self._idle.set()
+            if result is not None:
+                result = _finished(result, asked)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             if result is not None:
                 self.emit(events.ExecutionFinished(result))
                 if not future.done():
@@ -247,6 +263,7 @@ class Engine:
         shell = self.shell(self.scheduler.reach(node, allocation))
         result = await self.launcher.recover(shell, execution, node, slot)
         if result is not None:
+            result = _wall_clock(result)
             self.emit(events.ExecutionFinished(result))
         return result
 
@@ -284,6 +301,25 @@ class Engine:
                 log.exception("event listener failed on %r", event)
 
 
+def _finished(result: Result, asked: Execution) -> Result:
+    """What the caller sees: its own execution, wall-clock times, stdout/stderr tails."""
+    folder = result.execution.output
+    out = tail(folder / "stdout") if folder is not None else ""
+    err = tail(folder / "stderr") if folder is not None else ""
+    return attrs.evolve(_wall_clock(result), execution=asked,
+                        output=asked.output if result.output is not None else None,
+                        stdout=out, stderr=err)
+
+
+def _wall_clock(result: Result) -> Result:
+    """The launcher times runs on the event loop's (monotonic) clock; everything people and
+    journals read is in epoch seconds."""
+    offset = time.time() - anyio.current_time()
+    return attrs.evolve(
+        result, started=None if result.started is None else result.started + offset,
+        finished=None if result.finished is None else result.finished + offset)
+
+
 @attrs.define(eq=False)
 class _Running:
     scope: anyio.CancelScope
@@ -305,15 +341,44 @@ class SyncEngine:
         self._engine_cm.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self._engine_cm.__exit__(*exc)
-        finally:
-            self._portal_cm.__exit__(*exc)
+            try:
+                self._engine_cm.__exit__(exc_type, exc, tb)
+            finally:
+                self._portal_cm.__exit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:  # the task groups' wrapping: not the user's
+            inner = _unwrap(group, exc)
+            if inner is exc:
+                return  # the user's own exception (or KeyboardInterrupt) goes on unchanged
+            raise inner from None
 
     def submit(self, execution: Execution) -> concurrent.futures.Future[Result]:
+        """Raises OrchestraError now for a script that is missing or cannot be run."""
+        check_runnable(execution.script)
         return self._portal.start_task_soon(self._engine.run, execution)
 
     def map(self, executions: Iterable[Execution]) -> list[Result]:
         futures = [self.submit(e) for e in executions]
         return [f.result() for f in futures]
+
+
+def _unwrap(group: BaseExceptionGroup, original: BaseException | None) -> BaseException:
+    """The exception a user expects from inside an exception group: their own (or the
+    KeyboardInterrupt) when it is in there, else the only real one, else the group."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        elif not isinstance(error, asyncio.CancelledError):
+            leaves.append(error)
+
+    walk(group)
+    if original is not None and (original in leaves or not leaves):
+        return original
+    interrupts = [e for e in leaves if isinstance(e, KeyboardInterrupt)]
+    if interrupts:
+        return interrupts[0]
+    return leaves[0] if len(leaves) == 1 else group

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import shlex
 import uuid as uuidlib
 from pathlib import Path
@@ -31,12 +32,37 @@ def _new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
+def _arguments(values: object) -> tuple[str, ...]:
+    """Arguments as strings: numbers and paths are converted with str; anything else is one
+    clear TypeError now, not a traceback from deep inside a launch."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"Execution args: expected a list of arguments, got the string "
+                        f"{values!r} (write [{values!r}], or split it)")
+    try:
+        items = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"Execution args: expected a list of arguments, got "
+                        f"{type(values).__name__}") from None
+    out = []
+    for position, value in enumerate(items):
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(str(value))
+        elif isinstance(value, os.PathLike):
+            out.append(os.fspath(value))
+        else:
+            raise TypeError(f"Execution args: argument {position} is {type(value).__name__} "
+                            f"{value!r}; expected a str or a number")
+    return tuple(out)
+
+
 @attrs.frozen
 class Execution:
     """One run of a script with its arguments. Arguments are data: they reach argv verbatim."""
 
     script: Path = attrs.field(converter=Path)
-    args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    args: tuple[str, ...] = attrs.field(default=(), converter=_arguments)
     code: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     """The folder shipped; by default the script's folder."""
     output: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
@@ -69,7 +95,33 @@ class Result:
     finished: float | None = None
     message: str = ""  # why an execution was lost or cancelled
     node_down: bool = False  # lost because its node could not be reached at all
+    stdout: str = attrs.field(default="", repr=False)  # the last TAIL bytes of its stdout
+    stderr: str = attrs.field(default="", repr=False)  # the last TAIL bytes of its stderr
+    # started/finished are epoch seconds (wall clock), like the journal's
 
     @property
     def ok(self) -> bool:
         return self.state is State.COMPLETED
+
+    @property
+    def stdout_path(self) -> Path | None:
+        """The whole stdout, when the results were fetched into a folder."""
+        return None if self.output is None else self.output / "stdout"
+
+    @property
+    def stderr_path(self) -> Path | None:
+        return None if self.output is None else self.output / "stderr"
+
+
+TAIL = 64 * 1024  # bytes of stdout/stderr a Result keeps
+
+
+def tail(path: Path, limit: int = TAIL) -> str:
+    """The last `limit` bytes of a file as text ("" when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

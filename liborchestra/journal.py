@@ -90,10 +90,12 @@ class Row:
     allocation: str | None = None
     digest: str | None = None
     value: float | None = None
+    started: float | None = None  # epoch seconds: the current run was handed to the engine
+    finished: float | None = None  # epoch seconds: the current run ended
 
 
 _COLUMNS = ("seq, uuid, argv, label, state, attempts, lost, run, node, slot, ecode, message, "
-            "payload, allocation, digest, value")
+            "payload, allocation, digest, value, started, finished")
 
 
 class Journal:

@@ -200,9 +200,9 @@ class Launcher:
         if slot.node.gpus:
             env.append(("CUDA_VISIBLE_DEVICES", shlex.quote(slot.handle)))
         env += [(k, shlex.quote(v)) for k, v in (*s.env, *execution.env)]
-        runner = "bash" if not _executable(execution.script) else ""
-        command = " ".join(filter(None, [runner, shlex.quote("./" + script),
-                                         *map(shlex.quote, execution.args)]))
+        runner = [] if _executable(execution.script) else interpreter(execution.script)
+        command = " ".join([*map(shlex.quote, runner), shlex.quote("./" + script),
+                            *map(shlex.quote, execution.args)])
         if s.execution:
             command = _legacy_execution(s.execution, execution.args)
         return "\n".join([
@@ -275,3 +275,30 @@ def _drop(_: bytes) -> None:
 
 def _executable(script: Path) -> bool:
     return os.access(script, os.X_OK)
+
+
+_SHELL_SUFFIXES = ("", ".sh", ".bash")
+
+
+def interpreter(script: Path) -> list[str]:
+    """How to run a script without its execute bit: its `#!` line's interpreter, else bash
+    for shell scripts. LaunchError for anything else (a .py under bash is a syntax error)."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096).decode(errors="replace")
+    except OSError as error:
+        raise LaunchError(f"{script}: cannot read: {error.strerror}") from None
+    if first.startswith("#!") and first[2:].split():
+        return first[2:].split()
+    if script.suffix in _SHELL_SUFFIXES:
+        return ["bash"]
+    raise LaunchError(f"{script}: not executable and has no #! line: chmod +x it and add a #! "
+                      "line, or run it through an interpreter script")
+
+
+def check_runnable(script: Path) -> None:
+    """One clear error before anything starts: the script is missing or cannot be run."""
+    if not script.is_file():
+        raise LaunchError(f"{script}: no such script")
+    if not _executable(script):
+        interpreter(script)

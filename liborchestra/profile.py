@@ -6,6 +6,7 @@ connection is opened, with the file, the field and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from importlib import resources
@@ -268,7 +269,27 @@ def load_profile(name_or_path: str) -> Profile:
     if builtin.is_file():
         return _load_text(builtin.read_text(), f"<built-in {name_or_path}>", name_or_path)
     places = ", ".join(str(p) for p in search_path())
-    raise ProfileError(name_or_path, None, f"no profile of that name in {places} or built in")
+    known = available_profiles()
+    close = difflib.get_close_matches(name_or_path, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    found = f" (profiles found: {', '.join(known)})" if known else ""
+    raise ProfileError(name_or_path, None,
+                       f"no profile of that name in {places} or built in{found}{hint}")
+
+
+def available_profiles() -> list[str]:
+    """The names `load_profile` finds: files of the search path, then the built-in ones."""
+    names: dict[str, None] = {}
+    for folder in search_path():
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.suffix in (".yml", ".yaml") and path.is_file():
+                    names[path.stem] = None
+    builtin = resources.files("liborchestra") / "builtin_profiles"
+    for entry in sorted(builtin.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yml"):
+            names[entry.name[:-4]] = None
+    return list(names)
 
 
 def _load_file(path: Path) -> Profile:

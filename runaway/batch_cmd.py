@@ -8,36 +8,53 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import anyio
 
-from liborchestra import params
 from liborchestra.batch import BatchSettings, SweepSource
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution
 from liborchestra.journal import Journal, JournalError, default_name
+from liborchestra.launch import check_runnable
 from liborchestra.profile import load_profile
+from runaway.batches import check_name, failures, locate, post_failures
 from runaway.progress import Progress, mode_for
 from runaway.render import Renderer
+from runaway.sweep_args import (
+    add_sweep_arguments,
+    sweep_from_args,
+    sweep_given,
+    sweep_spec,
+    sweep_warnings,
+)
+
+__all__ = ["add_parsers", "add_sweep_arguments", "batch", "cancel", "retry", "status",
+           "sweep_from_args"]
 
 REFRESH = 0.5
 
 
 def add_parsers(sub, shared) -> None:
     b = sub.add_parser("batch", help="run a script for every combination of parameters",
-                       description="Run SCRIPT many times; see README for the sweep syntaxes.")
-    b.add_argument("profile")
-    b.add_argument("script", type=Path)
+                       description="Run SCRIPT many times; see README for the sweep syntaxes. "
+                                   "`--resume --name NAME` continues a batch by its name alone.")
+    b.add_argument("profile", nargs="?", help="profile name or .yml file (not needed with "
+                   "--resume)")
+    b.add_argument("script", type=Path, nargs="?", help="the script (not needed with --resume)")
     add_sweep_arguments(b)
-    b.add_argument("--name", help="batch name (default: script name and time)")
+    b.add_argument("--name", help="batch name (default: script name, time and a random tag)")
     b.add_argument("-o", "--output", type=Path, help="batch folder (default ./batch/NAME)")
     b.add_argument("--resume", action="store_true", help="continue the batch NAME")
+    b.add_argument("--dry-run", action="store_true",
+                   help="print the executions the sweep expands to, and stop")
     b.add_argument("--retries", type=int, default=0, help="re-run a failed execution N times")
     b.add_argument("--crash-limit", type=int, default=3,
                    help="requeue an execution lost to the infrastructure up to N times")
@@ -46,61 +63,37 @@ def add_parsers(sub, shared) -> None:
     b.add_argument("--recover-patience", type=float, default=300.0, metavar="SECONDS",
                    help="on resume, how long to keep trying a node that cannot be reached "
                         "before its runs are fenced off and run again elsewhere (default 300)")
-    b.add_argument("-p", "--post-command", help="run locally in each output folder after fetch")
+    b.add_argument("-p", "--post-command", help="run locally in each output folder after fetch "
+                   "(a non-zero exit is reported in the results and the summary)")
     b.add_argument("--duration", help="expected duration of each execution (e.g. 20m)")
     b.add_argument("--code", type=Path, help="folder to ship (default: the script's folder)")
     b.add_argument("--json", action="store_true", help="JSON lines instead of a live view")
     shared(b)
-    for name, text in (("status", "counts and failures of a batch"),
-                       ("retry", "run again the failed or lost executions of a batch"),
+    for name, text in (("status", "counts and failures of a batch (default: the latest)"),
+                       ("retry", "run again the unfinished executions of a batch"),
                        ("cancel", "stop a batch: kill its executions, release allocations")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("name")
+        p.add_argument("name", nargs="?" if name == "status" else None)
         p.add_argument("-o", "--output", type=Path, help="batch folder (default ./batch/NAME)")
         if name == "retry":
-            p.add_argument("--failed", action="store_true", help="the failed ones (default)")
+            p.add_argument("--failed", action="store_true", help="the failed ones")
             p.add_argument("--lost", action="store_true", help="the lost ones")
+            p.add_argument("--cancelled", action="store_true", help="the cancelled ones "
+                           "(default: failed, lost and cancelled)")
             p.add_argument("--json", action="store_true")
-
-
-def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    """The sweep options of `runaway batch`; every tool that runs sweeps takes the same."""
-    p.add_argument("template", nargs="*", metavar="TEMPLATE",
-                   help="after `--`: an argument template, e.g. --lr={0.1;0.01}")
-    p.add_argument("-A", "--arguments-file", type=Path, help="one template per line, in order")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
-                   help="a grid dimension, passed as --NAME=V (repeat the option)")
-    p.add_argument("--configs", type=Path, metavar="DIR",
-                   help="one execution per file of DIR; the template uses %%IN, %%OUT, %%DATA")
-    p.add_argument("--data", help="the path %%DATA stands for")
-    p.add_argument("-x", "--repeats", type=int, default=1, help="run each point N times")
 
 
 def _folder(args: argparse.Namespace, name: str) -> Path:
     return (args.output or Path("batch") / name).resolve()
 
 
-def sweep_from_args(args: argparse.Namespace) -> params.Sweep:
-    """The sweep of `add_sweep_arguments`' options; every problem is a ParamsError before
-    anything runs."""
-    text = " ".join(args.template)
-    sweeps = []
-    if args.configs:
-        sweeps.append(params.config_dir(args.configs, text or "%IN", args.data))
-    elif args.arguments_file:
-        sweeps.append(params.arguments_file(args.arguments_file))
-    if args.param:
-        sweeps.append(params.param_grid(args.param, "--param"))
-    if text and not args.configs:
-        sweeps.append(params.template(text))
-    if not sweeps:
-        sweeps.append(params.template(""))
-    return params.Sweep.chain(*sweeps).repeat(args.repeats)
-
-
 def _new(args: argparse.Namespace) -> tuple[Journal, dict]:
-    if not args.script.is_file():
-        raise OrchestraError(f"{args.script}: no such script")
+    """A new batch's journal, with its settings; every problem is one error first."""
+    if args.profile is None or args.script is None:
+        raise OrchestraError("batch needs PROFILE SCRIPT (or --resume --name NAME)")
+    check_runnable(args.script)
+    if args.name is not None:
+        check_name(args.name)
     sweep = sweep_from_args(args)
     profile = load_profile(args.profile)  # fails now, not after the journal exists
     name = args.name or default_name(args.script.stem)
@@ -112,7 +105,7 @@ def _new(args: argparse.Namespace) -> tuple[Journal, dict]:
         "post_command": args.post_command, "duration": args.duration, "leave": args.leave,
         "send_ignore": args.send_ignore, "fetch_ignore": args.fetch_ignore,
         "ship": {k: str(v.resolve()) for k, v in sweep.ship.items()}, "total": sweep.count,
-        "created": time.time(), "profile_name": profile.name,
+        "created": time.time(), "profile_name": profile.name, "sweep": sweep_spec(args),
     }
     journal = Journal.create(_folder(args, name) / "journal.sqlite", meta)
     journal.add((str(uuid.uuid4()), p.argv, p.label) for p in sweep)
@@ -125,31 +118,89 @@ def _profile_ref(text: str) -> str:
 
 
 async def batch(args: argparse.Namespace, renderer: Renderer, signals) -> int:
+    for warning in sweep_warnings(args):
+        renderer.note(f"warning: {warning}")
+    if args.dry_run:
+        return _dry_run(args)
     if args.resume:
         if not args.name:
             raise OrchestraError("--resume needs --name NAME (the batch to continue)")
-        journal = Journal.open(_folder(args, args.name) / "journal.sqlite")
+        check_name(args.name)
+        path = _folder(args, args.name) / "journal.sqlite"
+        if not path.is_file():
+            raise OrchestraError(f"no batch named {args.name!r} to resume (no {path})")
+        journal = Journal.open(path)
         meta = journal.meta()
+        _same_as_journal(args, meta)
+        renderer.note(_resume_plan(journal))
     else:
         journal, meta = _new(args)
+    renderer.note(f"batch {meta['name']}: {sum(journal.counts().values())} executions; "
+                  f"folder {os.path.relpath(journal.path.parent)}")
     return await _drive(journal, meta, renderer, signals, args.json)
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """The executions, one per line (number and arguments), without writing anything."""
+    if args.resume:
+        raise OrchestraError("--dry-run shows a new batch's executions; see `runaway results "
+                             "NAME` for an existing one")
+    if args.script is not None and not args.script.is_file():
+        raise OrchestraError(f"{args.script}: no such script")
+    sweep = sweep_from_args(args)
+    out = sys.stdout
+    for number, point in enumerate(sweep, 1):
+        out.write(f"{number}\t{shlex.join(point.argv)}\n")
+    out.write(f"# {sweep.count} executions (dry run: nothing was started or written)\n")
+    return 0
+
+
+def _same_as_journal(args: argparse.Namespace, meta: dict) -> None:
+    """`--resume` with a PROFILE, SCRIPT or sweep: refuse when it differs from the batch's
+    (the journal's would run, silently)."""
+    differs = []
+    if args.script is not None and str(args.script.resolve()) != meta.get("script"):
+        differs.append(f"script {args.script.resolve()} (the batch runs {meta.get('script')})")
+    if args.profile is not None and _profile_ref(args.profile) != meta.get("profile"):
+        differs.append(f"profile {args.profile} (the batch uses {meta.get('profile')})")
+    if sweep_given(args):
+        spec, recorded = sweep_spec(args), meta.get("sweep")
+        if recorded is not None and spec != recorded:
+            changed = [f"{k} {spec[k]!r} (was {recorded.get(k)!r})" for k in spec
+                       if spec[k] != recorded.get(k)]
+            differs.append("sweep: " + ", ".join(changed))
+    if differs:
+        raise OrchestraError(f"--resume --name {meta.get('name')}: " + "; ".join(differs) +
+                             ". Resume with --resume --name NAME alone, or start a new batch "
+                             "with another --name")
+
+
+def _resume_plan(journal: Journal) -> str:
+    counts = journal.counts()
+    todo = counts.get("queued", 0)
+    flying = counts.get("submitted", 0) + counts.get("running", 0)
+    left = {k: v for k, v in counts.items() if k in ("failed", "lost", "cancelled")}
+    text = f"resuming: {todo} queued to run, {flying} in flight to recover"
+    if left:
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(left.items()))
+        text += f"; {parts} not run again (`runaway retry NAME` runs them)"
+    return text
 
 
 async def retry(args: argparse.Namespace, renderer: Renderer, signals) -> int:
     journal = _open(args)
     meta = journal.meta()
-    states = (["failed"] if args.failed or not args.lost else []) + (["lost"] if args.lost else [])
+    chosen = [s for s in ("failed", "lost", "cancelled") if getattr(args, s)]
+    states = chosen or ["failed", "lost", "cancelled"]
     count = journal.requeue(states)
     journal.set_meta("canary_passed", False)  # the code may have changed: judge it again
-    renderer.note(f"{count} execution(s) queued again ({', '.join(states)})")
+    renderer.note(f"{count} execution(s) of batch {meta['name']} queued again "
+                  f"({', '.join(states)})")
     return await _drive(journal, meta, renderer, signals, args.json)
 
 
 def _open(args: argparse.Namespace) -> Journal:
-    path = _folder(args, args.name) / "journal.sqlite"
-    if not path.is_file():
-        raise OrchestraError(f"no batch named {args.name!r} (no {path})")
-    journal = Journal.open(path)
+    journal = Journal.open(locate(args, "batch"))
     if journal.driver_alive():
         raise JournalError(f"batch {args.name!r} is running (driver pid "
                            f"{journal.meta()['driver_pid']}); wait, or `runaway cancel` it")
@@ -184,9 +235,10 @@ async def _drive(journal: Journal, meta: dict, renderer: Renderer, signals, json
                     tg.start_soon(refresh)
                     await driver.run()
                     tg.cancel_scope.cancel()
-        progress.summary(_failures(journal))
+        progress.summary(failures(journal), name=str(meta["name"]),
+                         post_failed=post_failures(journal))
     counts = journal.counts()
-    return 0 if set(counts) <= {"completed"} else 1
+    return 0 if set(counts) <= {"completed"} and not post_failures(journal) else 1
 
 
 def _duration(text) -> float | None:
@@ -195,38 +247,25 @@ def _duration(text) -> float | None:
     return None if not text else parse_duration(text)
 
 
-def _failures(journal: Journal) -> list[tuple[str, str]]:
-    out = []
-    for row in journal.rows("failed", limit=10) + journal.rows("lost", limit=10):
-        stderr = journal.path.parent / row.uuid / "stderr"
-        tail = stderr.read_text(errors="replace").strip().splitlines()[-2:] \
-            if stderr.is_file() else []
-        why = f"exit {row.ecode}" if row.state == "failed" else (row.message or "lost")
-        out.append((f"#{row.seq} {row.label or '(no arguments)'}",
-                    why + (": " + " | ".join(tail) if tail else "")))
-    return out
-
-
 def status(args: argparse.Namespace, renderer: Renderer) -> int:
-    path = _folder(args, args.name) / "journal.sqlite"
-    if not path.is_file():
-        raise OrchestraError(f"no batch named {args.name!r} (no {path})")
-    journal = Journal.open(path)
+    journal = Journal.open(locate(args))
     meta, counts = journal.meta(), journal.counts()
     state = "running" if journal.driver_alive() else "stopped"
     total = sum(counts.values())
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    print(f"{meta['name']}: {total} executions ({parts}); driver {state}; folder {path.parent}")
-    for label, detail in _failures(journal):
+    print(f"{meta['name']}: {total} executions ({parts}); driver {state}; folder "
+          f"{journal.path.parent}")
+    for label, detail in failures(journal):
         print(f"  {label}: {detail}")
+    posts = post_failures(journal)
+    if posts:
+        print(f"  post-command failed for {posts} execution(s) (see `runaway results "
+              f"{meta['name']} --filter post!=0`)")
     return 0
 
 
 async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
-    path = _folder(args, args.name) / "journal.sqlite"
-    if not path.is_file():
-        raise OrchestraError(f"no batch named {args.name!r} (no {path})")
-    journal = Journal.open(path)
+    journal = Journal.open(locate(args, "batch"))
     meta = journal.meta()
     if journal.driver_alive():  # one writer: ask the driver to cancel, it records it
         os.kill(int(meta["driver_pid"]), signal.SIGTERM)
@@ -246,5 +285,6 @@ async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
                 journal.allocation(allocation, "released", "cancelled")
         with journal.db:
             journal.db.execute("UPDATE executions SET state = 'cancelled' WHERE state = 'queued'")
-    renderer.note(f"batch {args.name!r} cancelled")
+    renderer.note(f"batch {args.name!r} cancelled; `runaway retry {args.name}` runs its "
+                  "unfinished executions again")
     return 0

@@ -12,21 +12,33 @@ from pathlib import Path
 
 import anyio
 
-from liborchestra import __version__
+from liborchestra import __version__, events
 from liborchestra.check import check_profile
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution, State
+from liborchestra.launch import check_runnable
 from liborchestra.profile import LEAVE, load_profile
-from runaway import batch_cmd, sched_cmd
+from liborchestra.results import parse_parameters, write_record
+from runaway import batch_cmd, results_cmd, sched_cmd
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
 EXIT_USAGE, EXIT_LOST = 2, 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint for the usual mistake: the script's options before `--`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if "unrecognized arguments" in message:
+            message += ("\n  the script's own arguments go after `--`, e.g. "
+                        "runaway exec PROFILE SCRIPT -- --lr 0.1")
+        super().error(message)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="runaway", description="Run scripts on local machines, SSH hosts and clusters.")
     top.add_argument("-v", "--verbose", action="store_true", help="show engine events")
     top.add_argument("--version", action="version", version=f"runaway {__version__}")
@@ -50,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
                         description="Reachability, host keys, auth, remote directory, slots.")
     ck.add_argument("profile")
     batch_cmd.add_parsers(sub, _shared)
+    results_cmd.add_parsers(sub)
     sched_cmd.add_parser(sub, _shared)
     return top
 
@@ -81,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return batch_cmd.status(args, renderer)
+        if args.command == "results":
+            return results_cmd.results(args)
+        if args.command == "list":
+            return results_cmd.list_batches(args)
         if hasattr(args, "template"):
             args.template = [*args.template, *tail]
         interrupts = Interrupts(renderer)
@@ -95,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _exec(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> int:
     script = args.script
-    if not script.is_file():
-        raise OrchestraError(f"{script}: no such script")
+    check_runnable(script)
     code = args.code.resolve() if args.code else None
     if code is not None:
         if not code.is_dir():
@@ -108,9 +124,25 @@ async def _exec(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> 
     output = args.output or Path("runs") / execution.uuid
     execution = Execution(script=script, args=args.args, code=code, stream=True,
                           output=output.resolve(), uuid=execution.uuid)
+    started: list[events.ExecutionStarted] = []
+
+    def seen(event: events.Event) -> None:
+        if isinstance(event, events.ExecutionStarted):
+            started.append(event)
+
     async with Engine(profile, leave=args.leave, send_ignore=args.send_ignore,
-                      fetch_ignore=args.fetch_ignore, listeners=[renderer.event]) as engine:
+                      fetch_ignore=args.fetch_ignore, listeners=[renderer.event, seen]) as engine:
         result = await engine.submit(execution)
+    if result.output is not None and result.output.is_dir():
+        where = started[-1] if started else None
+        write_record(result.output, {
+            "uuid": execution.uuid, "arguments": list(execution.args),
+            "label": execution.arguments, "parameters": parse_parameters(execution.args),
+            "digest": where.digest if where else None, "script": str(script.resolve()),
+            "profile": profile.name, "state": result.state.value, "ecode": result.ecode,
+            "node": result.node, "slot": result.slot,
+            "allocation": where.allocation if where else None,
+            "started": result.started, "finished": result.finished, "message": result.message})
     renderer.finished(result)
     if result.state is State.LOST:
         return EXIT_LOST

@@ -139,21 +139,28 @@ class Progress:
              f"elapsed {_clock(now - self.start)}", "dim"))
         return Group(allocations, bar)
 
-    def summary(self, failures: list[tuple[str, str]]) -> None:
+    def summary(self, failures: list[tuple[str, str]], name: str | None = None,
+                post_failed: int = 0) -> None:
         counts = self.journal.counts()
         elapsed = time.monotonic() - self.start
         if self.mode == "json":
-            print(json.dumps({"event": "summary", "counts": counts, "seconds": elapsed}),
-                  flush=True)
+            print(json.dumps({"event": "summary", "name": name, "counts": counts,
+                              "post_failed": post_failed, "seconds": elapsed}), flush=True)
             return
-        table = Table(title="batch summary")
+        table = Table(title=f"batch {name} summary" if name else "batch summary")
         for column in ("state", "executions"):
             table.add_column(column)
         for state in STATES:
             if counts.get(state):
                 table.add_row(state, str(counts[state]))
+        if post_failed:
+            table.add_row("post-command failed", str(post_failed))
         table.add_row("elapsed", _clock(elapsed))
         self.console.print(table)
+        if name:
+            self.console.print(f"[dim]runaway: batch {escape(name)}: `runaway results "
+                               f"{escape(name)}` for one row per execution[/dim]",
+                               highlight=False)
         for label, detail in failures[:10]:
             self.console.print(f"[red]failed[/red] {label}: {detail}", highlight=False)
 

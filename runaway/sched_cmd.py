@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from liborchestra import events
 from liborchestra._fields import Bad, parse_duration
 from liborchestra.driver import Driver, ExecutionRequeued, Policy
@@ -30,6 +32,7 @@ from liborchestra.sched import (
     SchedulerFailed,
     SchedulerStderr,
 )
+from runaway.batches import check_name, failures
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
@@ -63,6 +66,7 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
     if args.resume:
         if not args.name:
             raise OrchestraError("--resume needs --name NAME (the search to continue)")
+        check_name(args.name)
         folder = (args.output or Path("sched") / args.name).resolve()
         path = folder / "journal.sqlite"
         if not path.is_file():
@@ -94,10 +98,13 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
     renderer.note(f"sched {meta['name']}: {sum(counts.values())} executions ({parts}); "
                   f"results in {folder}")
+    for label, detail in failures(journal):
+        renderer.console.print(f"[red]failed[/red] {escape(label)}: {escape(detail)}",
+                               highlight=False)
     if source.error():
         renderer.error(str(SchedProtocolError(source.error())))
         return 1
-    return 0
+    return 0 if set(counts) <= {"completed"} else 1
 
 
 def _new(args: argparse.Namespace) -> Journal:
@@ -120,6 +127,8 @@ def _new(args: argparse.Namespace) -> Journal:
             parse_duration(args.duration)
     except Bad as error:
         raise OrchestraError(f"--duration: {error}") from None
+    if args.name is not None:
+        check_name(args.name)
     profile = load_profile(args.profile)
     name = args.name or default_name(script.stem)
     folder = (args.output or Path("sched") / name).resolve()

@@ -75,7 +75,7 @@ def test_canary_on_resume_judges_only_what_it_ran(tmp_path):
     assert [r[2] for r in journal(tmp_path / "batch/c")] == \
         ["failed", "completed", "queued", "queued"]
     # resumed (after a fix elsewhere): the canary is the next two it runs, not row 1 again
-    again = runaway("batch", "x", "x", "--resume", "--name", "c", "--json", cwd=tmp_path)
+    again = runaway("batch", "--resume", "--name", "c", "--json", cwd=tmp_path)
     assert "canary" not in again.stderr, again.stderr
     assert [r[2] for r in journal(tmp_path / "batch/c")] == \
         ["failed", "completed", "completed", "completed"]
