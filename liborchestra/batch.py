@@ -23,9 +23,10 @@ from liborchestra.engine import Engine
 from liborchestra.execution import Execution, Result
 from liborchestra.journal import Journal, Row
 from liborchestra.results import read_metrics, record, write_record
+from liborchestra.transfer import OUTPUT_MARKER
 
 __all__ = ["BatchSettings", "CanaryFailed", "PostCommandFailed", "PostOutputCapped",
-           "SweepSource", "POST_ENV_LIMIT"]
+           "SweepSource", "POST_ENV_LIMIT", "keep_attempt"]
 
 POST_ENV_LIMIT = 64 * 1024  # bytes of stdout/stderr put in the post-command's environment
 
@@ -76,6 +77,10 @@ class SweepSource(Source):
 
     def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
+        if self.journal is not None:
+            current = self.journal.get(row.seq)  # `row` may predate the last attempt
+            if run_id != current.run:  # a new attempt, not a recovery of the current one
+                keep_attempt(self.journal, current, s.output / row.uuid)
         return Execution(script=s.script, args=row.argv, code=s.code, uuid=run_id,
                          output=s.output / row.uuid, duration=s.duration, env=s.env,
                          ship=s.ship)
@@ -88,6 +93,8 @@ class SweepSource(Source):
         if self.settings.post_command and folder.is_dir():
             status = await self._post(row, folder, result.ecode)
         metrics = read_metrics(folder) if folder.is_dir() else None
+        if self.journal is not None:
+            row = self.journal.get(row.seq)  # the history an attempt may have added
         payload = dict(row.payload)
         if metrics is not None:
             payload.update(objective=metrics.objective, metrics=metrics.values)
@@ -127,6 +134,30 @@ class SweepSource(Source):
         if status != 0:
             self.engine.emit(PostCommandFailed(row.uuid, status))  # type: ignore[arg-type]
         return status
+
+
+def keep_attempt(journal: Journal, row: Row, folder: Path) -> int | None:
+    """Move a finished attempt's files aside to `folder/attempts/N/` before the next attempt
+    overwrites them, and add it (run, code digest, exit code, times) to the row's `history`.
+    Returns N, or None when the folder holds no finished attempt."""
+    if not (folder / "ecode").is_file():
+        return None
+    history = list(row.payload.get("history", []))
+    number = len(history) + 1
+    while (folder / "attempts" / str(number)).exists():
+        number += 1
+    target = folder / "attempts" / str(number)
+    target.mkdir(parents=True)
+    for entry in folder.iterdir():
+        if entry.name not in ("attempts", OUTPUT_MARKER):
+            entry.rename(target / entry.name)
+    ecode = (target / "ecode").read_text().strip()
+    history.append({"attempt": number, "run": row.run, "digest": row.digest,
+                    "ecode": int(ecode) if ecode.lstrip("-").isdigit() else None,
+                    "node": row.node, "started": row.started, "finished": row.finished,
+                    "folder": f"attempts/{number}"})
+    journal.update_payload(row.seq, {**row.payload, "history": history})
+    return number
 
 
 def _capped(path: Path, limit: int) -> tuple[str, int]:

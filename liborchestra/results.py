@@ -131,6 +131,7 @@ class ResultRow:
     post: int | None  # the post-command's exit status, when there was one
     message: str
     folder: Path
+    history: tuple[dict, ...] = ()  # earlier attempts: run, digest, exit code, their folder
 
     @property
     def duration(self) -> float | None:
@@ -145,6 +146,7 @@ class ResultRow:
         data["argv"] = list(self.argv)
         data["folder"] = str(self.folder)
         data["duration"] = self.duration
+        data["history"] = list(self.history)
         return data
 
 
@@ -162,7 +164,8 @@ def result_row(row: Row, folder: Path) -> ResultRow:
     return ResultRow(row.seq, row.uuid, row.label, row.argv, parse_parameters(row.argv),
                      row.state, row.ecode, row.attempts, row.node, row.slot, row.allocation,
                      row.digest, row.started, row.finished, objective, metrics.values,
-                     payload.get("post"), row.message or "", folder)
+                     payload.get("post"), row.message or "", folder,
+                     tuple(payload.get("history", ())))
 
 
 def result_rows(journal: Journal) -> list[ResultRow]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from liborchestra.batch import BatchSettings, SweepSource
+from liborchestra.batch import BatchSettings, SweepSource, keep_attempt
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
@@ -25,6 +25,7 @@ from liborchestra.execution import Execution
 from liborchestra.journal import Journal, JournalError, default_name
 from liborchestra.launch import check_runnable
 from liborchestra.profile import load_profile
+from liborchestra.transfer import build_archive
 from runaway.batches import check_name, failures, locate, post_failures
 from runaway.progress import Progress, mode_for
 from runaway.render import Renderer
@@ -192,11 +193,33 @@ async def retry(args: argparse.Namespace, renderer: Renderer, signals) -> int:
     meta = journal.meta()
     chosen = [s for s in ("failed", "lost", "cancelled") if getattr(args, s)]
     states = chosen or ["failed", "lost", "cancelled"]
+    folder = journal.path.parent
+    rows = [r for state in states for r in journal.rows(state)]
+    for row in rows:  # every attempt's output is kept, with its code digest
+        keep_attempt(journal, row, folder / row.uuid)
+    _code_changed(meta, rows, renderer)
     count = journal.requeue(states)
     journal.set_meta("canary_passed", False)  # the code may have changed: judge it again
     renderer.note(f"{count} execution(s) of batch {meta['name']} queued again "
                   f"({', '.join(states)})")
     return await _drive(journal, meta, renderer, signals, args.json)
+
+
+def _code_changed(meta: dict, rows: list, renderer: Renderer) -> None:
+    """Say when the code to ship now is not the code these executions ran."""
+    script = Path(str(meta["script"]))
+    code = Path(meta["code"]) if meta.get("code") else script.parent
+    ship = tuple((k, Path(v)) for k, v in (meta.get("ship") or {}).items())
+    try:
+        digest = build_archive(code, str(meta["send_ignore"]), ship).digest
+    except OrchestraError:
+        return
+    ran = sorted({r.digest for r in rows if r.digest and r.digest != digest})
+    if ran:
+        old = ", ".join(d[:12] for d in ran)
+        renderer.note(f"the code changed since these executions ran ({old} -> {digest[:12]}): "
+                      "they run the new code; earlier attempts' outputs are kept in each "
+                      "execution folder's attempts/")
 
 
 def _open(args: argparse.Namespace) -> Journal:
