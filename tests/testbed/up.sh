@@ -94,6 +94,7 @@ PKGS="openssh-server openssh-client munge slurmctld slurmd slurm-client procps i
 [ "$TB_ACCOUNTING" = 1 ] && PKGS+=" slurmdbd mariadb-server mariadb-client"
 [ "$TB_SGE" = 1 ] && PKGS+=" gridengine-master gridengine-exec gridengine-client"
 [ "$TB_PBS" = 1 ] && PKGS+=" libslurm-perl libslurmdb-perl libswitch-perl perl"
+PKGS+=" chromium"
 PKGS+=" git git-annex"
 [ "$TB_PG_PORT" != 0 ] && PKGS+=" postgresql"
 

@@ -1,0 +1,99 @@
+"""Finding the records under the served folders: batch and sched journals and search records,
+found again every few seconds so a run started anywhere (by the CLI or by the page) appears.
+
+A walk stops at a record's folder: the per-execution folders under it (100,000 of them in a big
+batch) are never listed, so a rescan costs the same whatever the batches hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import attrs
+
+JOURNAL = "journal.sqlite"  # runaway batch and sched (liborchestra.journal)
+SEARCH = "search.sqlite"  # parasearch (parasearch.trials.RECORD)
+SKIP = {".git", ".venv", "node_modules", "__pycache__", ".orchestra"}
+MAX_DEPTH = 6  # folders below a served folder that are looked into
+RESCAN = 2.0  # seconds a scan is reused
+
+
+@attrs.frozen
+class Entry:
+    """One record found: what kind, its name, where, and a stable id for URLs."""
+
+    kind: str  # "batch", "sched" or "search"
+    name: str
+    path: Path  # the record file
+    id: str
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def entry_id(path: Path) -> str:
+    """A URL-safe id that stays the same across rescans and restarts (a hash of the path)."""
+    return hashlib.sha256(str(path).encode()).hexdigest()[:12]
+
+
+def _kind(folder: Path, filename: str) -> str:
+    if filename == SEARCH:
+        return "search"
+    return "sched" if folder.parent.name == "sched" else "batch"
+
+
+def scan(roots: list[Path]) -> list[Entry]:
+    """Every record under `roots`, sorted by kind then name."""
+    found: dict[Path, Entry] = {}
+    for root in roots:
+        root = root.resolve()
+        base = len(root.parts)
+        for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            record = next((f for f in (SEARCH, JOURNAL) if f in files), None)
+            if record is not None:
+                path = here / record
+                found[path] = Entry(_kind(here, record), here.name, path, entry_id(path))
+                dirs.clear()  # its execution folders hold no records
+                continue
+            if len(here.parts) - base >= MAX_DEPTH:
+                dirs.clear()
+            dirs[:] = [d for d in dirs if d not in SKIP and not d.startswith(".")]
+    return sorted(found.values(), key=lambda e: (e.kind, e.name, str(e.path)))
+
+
+class Catalog:
+    """The records under the served folders, rescanned at most every RESCAN seconds; runs the
+    server itself starts are added at once (`add`)."""
+
+    def __init__(self, roots: list[Path], rescan: float = RESCAN) -> None:
+        self.roots = [r.resolve() for r in roots]
+        self.rescan = rescan
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._when = float("-inf")
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            if time.monotonic() - self._when > self.rescan:
+                fresh = {e.id: e for e in scan(self.roots)}
+                self._entries = {**{k: v for k, v in self._entries.items()
+                                    if v.path.is_file()}, **fresh}
+                self._when = time.monotonic()
+            return sorted(self._entries.values(), key=lambda e: (e.kind, e.name, str(e.path)))
+
+    def get(self, entry_id: str) -> Entry | None:
+        found = {e.id: e for e in self.entries()}.get(entry_id)
+        return found if found is not None and found.path.is_file() else None
+
+    def add(self, path: Path) -> Entry:
+        path = path.resolve()
+        entry = Entry(_kind(path.parent, path.name), path.parent.name, path, entry_id(path))
+        with self._lock:
+            self._entries[entry.id] = entry
+        return entry

@@ -1,0 +1,222 @@
+"""Runs the server drives itself: batches and searches started from the launch form, and
+batches retried from their page, each in a task of the server's own event loop.
+
+A form becomes the very argv the command line would get, parsed by runaway's or parasearch's
+own parser and created by their own `_new`, so a batch launched here is the batch `runaway
+batch` would have made; it is then driven by liborchestra's Driver, the loop every tool shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import shlex
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import attrs
+
+from liborchestra._fields import parse_duration
+from liborchestra.batch import BatchSettings, SweepSource
+from liborchestra.driver import Driver, Policy
+from liborchestra.engine import Engine
+from liborchestra.errors import OrchestraError
+from liborchestra.journal import Journal, default_name
+from liborchestra.profile import load_profile
+
+log = logging.getLogger(__name__)
+
+
+class LaunchError(OrchestraError):
+    """The form cannot start a run; the message says why (shown on the form)."""
+
+
+@attrs.define
+class Run:
+    """A run this server drives: its journal, its driver once made, how it ended."""
+
+    path: Path
+    kind: str
+    driver: Driver | None = None
+    done: bool = False
+    error: str | None = None
+
+
+def _parsed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse's answer, with its complaint as a LaunchError instead of an exit."""
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return parser.parse_args(argv)
+    except SystemExit:
+        lines = errors.getvalue().strip().splitlines()
+        raise LaunchError(lines[-1] if lines else "bad arguments") from None
+
+
+def _required(fields: dict[str, str], *names: str) -> None:
+    for name in names:
+        if not fields.get(name, "").strip():
+            raise LaunchError(f"{name}: required")
+
+
+def batch_argv(fields: dict[str, str], folder: Path) -> list[str]:
+    """The `runaway batch` command line of a launch form."""
+    _required(fields, "profile", "script")
+    name = fields.get("name", "").strip() or default_name(Path(fields["script"]).stem)
+    argv = ["batch", fields["profile"].strip(), fields["script"].strip(), "--name", name,
+            "-o", str(folder / "batch" / name)]
+    for line in fields.get("params", "").splitlines():
+        if line.strip():
+            argv += ["--param", line.strip()]
+    if fields.get("repeats", "").strip():
+        argv += ["--repeats", fields["repeats"].strip()]
+    if fields.get("code", "").strip():
+        argv += ["--code", fields["code"].strip()]
+    template = fields.get("template", "").strip()
+    return argv + (["--", template] if template else [])
+
+
+def search_argv(fields: dict[str, str], folder: Path) -> list[str]:
+    """The `parasearch` command line of a launch form (priors as in a shell)."""
+    _required(fields, "profile", "script", "priors")
+    name = fields.get("name", "").strip() or default_name(Path(fields["script"]).stem)
+    argv = [fields["profile"].strip(), fields["script"].strip(), "--name", name,
+            "-o", str(folder / "search" / name), "--algo", fields.get("algo", "random") or
+            "random", "--n", fields.get("n", "20").strip() or "20"]
+    if fields.get("parallel", "").strip():
+        argv += ["--parallel", fields["parallel"].strip()]
+    if fields.get("maximize"):
+        argv.append("--maximize")
+    if fields.get("code", "").strip():
+        argv += ["--code", fields["code"].strip()]
+    try:
+        priors = shlex.split(fields["priors"])
+    except ValueError as error:
+        raise LaunchError(f"priors: {error}") from None
+    return [*argv, "--", *priors]
+
+
+class Runs:
+    """The runs this server drives, in one task group owned by the server's lifespan."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup, home: Path) -> None:
+        self.tg, self.home = tg, home.resolve()
+        self.runs: dict[Path, Run] = {}
+
+    def get(self, path: Path) -> Run | None:
+        return self.runs.get(path.resolve())
+
+    def driving(self, path: Path) -> bool:
+        run = self.get(path)
+        return run is not None and not run.done
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def start_batch(self, fields: dict[str, str]) -> Path:
+        from runaway import batch_cmd
+        from runaway.cli import parser
+
+        argv = batch_argv(fields, self.home)
+        cut = argv.index("--") if "--" in argv else len(argv)
+        args = _parsed(parser(), argv[:cut])
+        args.template = [*args.template, *argv[cut + 1:]]
+        journal, _ = batch_cmd._new(args)
+        return self._start(journal, "batch")
+
+    def start_search(self, fields: dict[str, str]) -> Path:
+        from parasearch import cli
+        from parasearch.samplers.base import SamplerError
+        from parasearch.space import SpaceError
+
+        argv = search_argv(fields, self.home)
+        cut = argv.index("--")
+        args = _parsed(cli.search_parser(), argv[:cut])
+        args.args = argv[cut + 1:]
+        try:
+            journal = cli._new(args)
+        except (SpaceError, SamplerError) as error:  # a bad prior, or an algorithm refusing it
+            raise LaunchError(str(error)) from None
+        return self._start(journal, "search")
+
+    def retry(self, path: Path, states: list[str]) -> int:
+        """`runaway retry`: the failed (or lost) executions queued again, then driven here."""
+        if self.driving(path):
+            raise LaunchError("this batch is running: wait for it, or cancel it")
+        journal = Journal.open(path)
+        if journal.driver_alive():
+            journal.close()
+            raise LaunchError("this batch is running elsewhere: wait for it, or cancel it")
+        count = journal.requeue(states)
+        journal.set_meta("canary_passed", False)  # the code may have changed: judge it again
+        self._start(journal, "batch")
+        return count
+
+    def _start(self, journal: Journal, kind: str) -> Path:
+        path = journal.path.resolve()
+        run = Run(path, kind)
+        self.runs[path] = run
+        self.tg.start_soon(self._drive, journal, run)
+        return path
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def cancel(self, path: Path) -> bool:
+        """Cancel a run driven here (its running executions are killed and queued again);
+        False when this server does not drive it."""
+        run = self.get(path)
+        if run is None or run.done or run.driver is None:
+            return False
+        run.driver.cancel()
+        return True
+
+    def stop_all(self) -> None:
+        for run in self.runs.values():
+            if not run.done and run.driver is not None:
+                run.driver.cancel()
+
+    # -- driving -------------------------------------------------------------------------------
+
+    async def _drive(self, journal: Journal, run: Run) -> None:
+        try:
+            with journal.lease():
+                meta = journal.meta()
+                if run.kind == "search":
+                    await self._search(journal, meta, run)
+                else:
+                    await self._batch(journal, meta, run)
+        except Exception as error:  # one run's failure is shown on its page, not the server's
+            log.warning("run %s ended with an error: %s", journal.path, error)
+            run.error = f"{type(error).__name__}: {error}"
+        finally:
+            run.done = True
+            journal.close()
+
+    async def _batch(self, journal: Journal, meta: dict, run: Run) -> None:
+        folder = journal.path.parent
+        settings = BatchSettings(
+            script=Path(meta["script"]), output=folder,
+            code=Path(meta["code"]) if meta.get("code") else None,
+            post_command=meta.get("post_command"),
+            duration=parse_duration(meta["duration"]) if meta.get("duration") else None,
+            ship=tuple((k, Path(v)) for k, v in (meta.get("ship") or {}).items()))
+        async with Engine(load_profile(str(meta["profile"])), leave=str(meta["leave"]),
+                          send_ignore=str(meta["send_ignore"]),
+                          fetch_ignore=str(meta["fetch_ignore"])) as engine:
+            run.driver = Driver(engine, journal, SweepSource(engine, settings),
+                                Policy.from_meta(meta))
+            await run.driver.run()
+
+    async def _search(self, journal: Journal, meta: dict, run: Run) -> None:
+        from parasearch.cli import _settings
+        from parasearch.search import SearchSource
+
+        settings = _settings(meta, journal.path.parent)
+        async with Engine(load_profile(str(meta["profile"])), leave=str(meta["leave"])) as engine:
+            source = SearchSource(engine, settings)
+            run.driver = Driver(engine, journal, source, Policy.from_meta(meta))
+            await run.driver.run()
+        if source.failure:
+            run.error = source.failure
