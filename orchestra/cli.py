@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from liborchestra import __version__
+from orchestra import live
 from orchestra.app import create_app
 from orchestra.security import is_loopback, new_token
 
@@ -72,8 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="orchestra: %(message)s")
     config = uvicorn.Config(create_app(dirs, token), log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=2)
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config).run(sockets=[sock])
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the live streams to end when it is asked to stop."""
+
+    def handle_exit(self, sig: int, frame) -> None:
+        live.stopping.set()
+        super().handle_exit(sig, frame)
 
 
 def run() -> None:

@@ -28,12 +28,17 @@ class Entry:
 
     kind: str  # "batch", "sched" or "search"
     name: str
-    path: Path  # the record file
+    path: Path  # the journal; for a search whose driver ran elsewhere, its store
     id: str
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def journal(self) -> Path | None:
+        """The journal of the driver that ran here (a search's store is not one)."""
+        return self.path if self.path.name == JOURNAL else None
 
 
 def entry_id(path: Path) -> str:
@@ -41,10 +46,20 @@ def entry_id(path: Path) -> str:
     return hashlib.sha256(str(path).encode()).hexdigest()[:12]
 
 
-def _kind(folder: Path, filename: str) -> str:
-    if filename == SEARCH:
+def _kind(folder: Path, files: list[str] | set[str]) -> str:
+    """A search folder holds its store (search.sqlite) or sits under search/ (a store
+    elsewhere, e.g. PostgreSQL); a sched's under sched/; every other journal is a batch's."""
+    if SEARCH in files or folder.parent.name == "search":
         return "search"
     return "sched" if folder.parent.name == "sched" else "batch"
+
+
+def _entry(folder: Path, files: list[str] | set[str]) -> Entry | None:
+    record = JOURNAL if JOURNAL in files else SEARCH if SEARCH in files else None
+    if record is None:
+        return None
+    path = folder / record
+    return Entry(_kind(folder, files), folder.name, path, entry_id(path))
 
 
 def scan(roots: list[Path]) -> list[Entry]:
@@ -55,10 +70,9 @@ def scan(roots: list[Path]) -> list[Entry]:
         base = len(root.parts)
         for folder, dirs, files in os.walk(root):
             here = Path(folder)
-            record = next((f for f in (SEARCH, JOURNAL) if f in files), None)
-            if record is not None:
-                path = here / record
-                found[path] = Entry(_kind(here, record), here.name, path, entry_id(path))
+            entry = _entry(here, set(files))
+            if entry is not None:
+                found[entry.path] = entry
                 dirs.clear()  # its execution folders hold no records
                 continue
             if len(here.parts) - base >= MAX_DEPTH:
@@ -92,8 +106,9 @@ class Catalog:
         return found if found is not None and found.path.is_file() else None
 
     def add(self, path: Path) -> Entry:
-        path = path.resolve()
-        entry = Entry(_kind(path.parent, path.name), path.parent.name, path, entry_id(path))
+        folder = path.resolve().parent
+        entry = _entry(folder, {f.name for f in folder.iterdir() if f.is_file()})
+        assert entry is not None, folder
         with self._lock:
             self._entries[entry.id] = entry
         return entry

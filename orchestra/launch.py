@@ -136,9 +136,10 @@ class Runs:
         args = _parsed(cli.search_parser(), argv[:cut])
         args.args = argv[cut + 1:]
         try:
-            journal = cli._new(args)
+            journal, store = cli._new(args)
         except (SpaceError, SamplerError) as error:  # a bad prior, or an algorithm refusing it
             raise LaunchError(str(error)) from None
+        store.close()
         return self._start(journal, "search")
 
     def retry(self, path: Path, states: list[str]) -> int:
@@ -212,11 +213,17 @@ class Runs:
     async def _search(self, journal: Journal, meta: dict, run: Run) -> None:
         from parasearch.cli import _settings
         from parasearch.search import SearchSource
+        from parasearch.store import Store
 
-        settings = _settings(meta, journal.path.parent)
-        async with Engine(load_profile(str(meta["profile"])), leave=str(meta["leave"])) as engine:
-            source = SearchSource(engine, settings)
-            run.driver = Driver(engine, journal, source, Policy.from_meta(meta))
-            await run.driver.run()
+        store = Store(str(meta["storage"]), str(meta["name"]))
+        try:
+            settings = _settings(meta, store.meta(), journal.path.parent)
+            async with Engine(load_profile(str(meta["profile"])),
+                              leave=str(meta["leave"])) as engine:
+                source = SearchSource(engine, settings, store, str(meta["driver_id"]))
+                run.driver = Driver(engine, journal, source, Policy.from_meta(meta))
+                await run.driver.run()
+        finally:
+            store.close()
         if source.failure:
             run.error = source.failure

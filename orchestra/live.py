@@ -5,6 +5,7 @@ reads block); the full payload is built and sent only when the fingerprint moved
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -12,6 +13,9 @@ from starlette.responses import StreamingResponse
 
 INTERVAL = 1.0  # seconds between looks at the record
 KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from closing
+STEP = 0.2  # seconds between looks at `stopping` while waiting
+# Set when the server is asked to stop: open streams end, so shutdown never waits on them.
+stopping = threading.Event()
 
 
 def event_stream(fingerprint: Callable[[], object], payload: Callable[[], object],
@@ -34,7 +38,12 @@ def event_stream(fingerprint: Callable[[], object], payload: Callable[[], object
             if quiet >= KEEPALIVE:
                 yield ": keepalive\n\n"
                 quiet = 0.0
-            await anyio.sleep(interval)
+            waited = 0.0
+            while waited < interval:
+                if stopping.is_set():
+                    return
+                await anyio.sleep(STEP)
+                waited += STEP
             quiet += interval
 
     return StreamingResponse(events(), media_type="text/event-stream",

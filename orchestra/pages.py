@@ -12,12 +12,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import anyio
+import attrs
 import jinja2
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from liborchestra.errors import OrchestraError
-from orchestra import files, records
+from orchestra import files, records, searches
 from orchestra.discovery import Entry
 from orchestra.live import event_stream
 from orchestra.security import CSRF_FIELD, FILE_CSP, check_csrf
@@ -81,13 +82,17 @@ def _summaries(request: Request) -> list[dict]:
     out = []
     for entry in request.app.state.catalog.entries():
         try:
-            with records.opened(entry.path) as journal:
-                s = records.summary(journal, entry.kind)
+            if entry.kind == "search":  # the trials of the search, from its store
+                s = searches.summary(entry)
+            else:
+                with records.opened(entry.journal) as journal:
+                    s = attrs.asdict(records.summary(journal, entry.kind), recurse=False)
         except records.NotFound:
             continue
-        out.append({"id": entry.id, "kind": entry.kind, "name": s.name,
-                    "folder": str(entry.folder), "counts": s.counts, "total": s.total,
-                    "alive": s.alive or request.app.state.runs.driving(entry.path)})
+        out.append({"id": entry.id, "kind": entry.kind, "name": s["name"],
+                    "folder": str(entry.folder), "counts": s["counts"], "total": s["total"],
+                    "alive": s["alive"] or request.app.state.runs.driving(entry.path),
+                    "journal": entry.journal is not None})
     return out
 
 
@@ -98,7 +103,8 @@ async def overview(request: Request) -> Response:
 
 async def overview_events(request: Request) -> Response:
     def payload() -> list[dict]:
-        return [{k: v for k, v in s.items() if k != "folder"} for s in _summaries(request)]
+        return [{k: v for k, v in s.items() if k in ("id", "counts", "total", "alive")}
+                for s in _summaries(request)]
     return event_stream(payload, payload)
 
 
@@ -106,7 +112,7 @@ async def overview_events(request: Request) -> Response:
 
 def _batch_context(request: Request, entry: Entry) -> dict:
     query = records.Query.parse(dict(request.query_params))
-    with records.opened(entry.path) as journal:
+    with records.opened(entry.journal) as journal:
         summary = records.summary(journal, entry.kind)
         rows, matching = records.page(journal, query)
     pages = max(1, math.ceil(matching / records.PAGE_SIZE))
@@ -135,11 +141,11 @@ async def batch_events(request: Request) -> Response:
     entry = entry_of(request)
 
     def fingerprint() -> object:
-        with records.opened(entry.path) as journal:
+        with records.opened(entry.journal) as journal:
             return records.last_change(journal), request.app.state.runs.driving(entry.path)
 
     def payload() -> dict:
-        with records.opened(entry.path) as journal:
+        with records.opened(entry.journal) as journal:
             s = records.summary(journal, entry.kind)
         return {"counts": s.counts, "total": s.total,
                 "alive": s.alive or request.app.state.runs.driving(entry.path)}
@@ -201,13 +207,13 @@ def _folder(entry: Entry, uuid: str) -> Path:
 
 
 def _execution_context(request: Request, entry: Entry, seq: int) -> dict:
-    with records.opened(entry.path) as journal:
+    with records.opened(entry.journal) as journal:
         row = records.execution(journal, seq)
         summary = records.summary(journal, entry.kind)
     folder = _folder(entry, row.uuid)
     listed, cut = files.listing(folder)
-    tails = {name: files.tail(folder / name) for name in files.STREAMS
-             if any(f.path == name for f in listed)}
+    tails = [(name, files.tail(folder / name)) for name in files.STREAMS
+             if any(f.path == name for f in listed)]
     ecode = (folder / "ecode").read_text().strip() if any(f.path == "ecode" for f in listed) \
         else None
     return {"entry": entry, "summary": summary, "row": row, "tails": tails,
@@ -229,7 +235,7 @@ async def file(request: Request) -> Response:
     entry = entry_of(request)
 
     def find() -> Path:
-        with records.opened(entry.path) as journal:
+        with records.opened(entry.journal) as journal:
             row = records.execution(journal, request.path_params["seq"])
         return files.confined(_folder(entry, row.uuid), request.path_params["path"])
 

@@ -116,8 +116,11 @@ def _execution(r: tuple) -> Execution:
 
 
 @contextlib.contextmanager
-def opened(path: Path) -> Iterator[Journal]:
-    """The journal at `path`, closed after use (a missing or broken file is NotFound)."""
+def opened(path: Path | None) -> Iterator[Journal]:
+    """The journal at `path`, closed after use (a missing or broken file is NotFound; None:
+    no journal here, as for a search whose driver ran on another machine)."""
+    if path is None:
+        raise NotFound("no driver ran here: its executions are in another folder")
     try:
         journal = Journal.open(path)
     except JournalError as error:
