@@ -16,7 +16,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import batch_scale, batch_throughput, exec_throughput, first_output  # noqa: E402
+from bench import (  # noqa: E402
+    batch_scale,
+    batch_throughput,
+    exec_throughput,
+    first_output,
+    parasearch_fidelity,
+    parasearch_sampler_time,
+    parasearch_throughput,
+)
 from tests.conftest import load_testbed  # noqa: E402
 
 
@@ -35,6 +43,8 @@ def main() -> None:
                                  repeats=1 if options.quick else 3)
     total = 20 if options.quick else (options.scale_seconds or float("inf"))
     rows += batch_scale.run(n=100_000, first=min(30, total / 2), total=total)
+    for search_bench in (parasearch_throughput, parasearch_sampler_time, parasearch_fidelity):
+        rows += search_bench.run(quick=options.quick)
     table = Table(title="orchestra benchmarks (medians; ratio: ours / this row's tool, or "
                         "this row / the peer for latencies)")
     for column in ("benchmark", "tool", "value", "unit", "ratio", "driver CPU ms/exec"):
