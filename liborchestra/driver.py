@@ -212,10 +212,14 @@ class Driver:
         """Recover what an earlier driver left, run the canary, then everything else; returns
         the journal's counts. Raises CanaryFailed when the canary fails."""
         stale = self.journal.live_allocations()  # before this engine grants any
+        names = list(self.journal.meta().get("scheduler_names") or [])
+        mine = getattr(self.engine.scheduler, "name", None)
+        if mine:  # so that a resume can sweep what a killed request left under this name
+            self.journal.set_meta("scheduler_names", [*names, mine][-20:])
         with anyio.CancelScope() as self._scope:
             try:
                 async with self.source.open(self), anyio.create_task_group() as tg:
-                    tg.start_soon(self._recover_all, stale)
+                    tg.start_soon(self._recover_all, stale, names)
                     if self.policy.canary and not self.journal.meta().get("canary_passed"):
                         await self._feed(limit=self.policy.canary, started=self._canary_rows)
                         self._judge_canary()
@@ -350,9 +354,10 @@ class Driver:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    async def _recover_all(self, stale: list[str]) -> None:
+    async def _recover_all(self, stale: list[str], names: list[str]) -> None:
         """Beside new work: record again what a crash left unrecorded, recover or re-run what
-        an earlier driver left in flight, then release the allocations it left behind."""
+        an earlier driver left in flight, then release the allocations it left behind (and
+        any request of it still pending under its job name)."""
         for row in self.journal.unrecorded():
             execution = self.source.execution(row, row.run or row.uuid)
             result = Result(execution, State(row.state), ecode=row.ecode, node=row.node,
@@ -367,6 +372,8 @@ class Driver:
         for allocation in stale:
             await self.engine.release_stale(allocation)
             self.journal.allocation(allocation, "released", "left by an earlier driver")
+        for name in names:
+            await self.engine.sweep_stale(name)
 
     async def _recover(self, row: Row, limiter: anyio.CapacityLimiter) -> None:
         result, fenced = None, False

@@ -251,6 +251,11 @@ class Engine:
                     build_archive, folder, self.send_ignore, ship)
             return self._archives[key]
 
+    async def sweep_stale(self, name: str) -> None:
+        """Cancel what the cluster knows under the job name of an earlier engine."""
+        with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
+            await self.scheduler.sweep(name)
+
     async def release_stale(self, allocation_id: str) -> None:
         """Release an allocation an earlier driver left behind (known by id only)."""
         with contextlib.suppress(OrchestraError), anyio.move_on_after(60):

@@ -69,6 +69,11 @@ class Scheduler(abc.ABC):
         """Last sweep at shutdown: anything of this engine still known to the cluster goes."""
         return None
 
+    async def sweep(self, name: str) -> None:
+        """Cancel whatever the cluster still knows under the job name `name` of an earlier
+        engine (one killed with a request in flight, before it learnt the job's id)."""
+        return None
+
     def endpoint(self, host: str, port: int | None = None,
                  jump: Endpoint | None = None) -> Endpoint:
         """An endpoint with the profile's SSH options (user, keys, known_hosts, config)."""

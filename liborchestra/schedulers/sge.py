@@ -182,9 +182,12 @@ class SGEScheduler(ClusterScheduler):
         await self.shell.run(command)
 
     async def aclose(self) -> None:
-        name = shlex.quote(self.name)
-        await self.shell.run(f"qdel {name} >/dev/null 2>&1; rm -f {self.folder}/{name}.*")
+        await self.sweep(self.name)
         self._files.clear()
+
+    async def sweep(self, name: str) -> None:
+        name = shlex.quote(name)
+        await self.shell.run(f"qdel {name} >/dev/null 2>&1; rm -f {self.folder}/{name}.*")
 
 
 def _gone(state: str | None) -> str:

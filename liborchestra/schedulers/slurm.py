@@ -74,9 +74,14 @@ class SlurmScheduler(ClusterScheduler):
             raise
 
     async def _salloc(self, walltime: float | None) -> str:
-        command = shlex.join(["salloc", "--no-shell", *self._request(walltime)])
+        # `echo $$; exec salloc`: the remote salloc's pid comes first on stdout. A closed
+        # channel does not stop a salloc without a terminal: interrupted, we stop it ourselves
+        # (SIGINT makes it withdraw its request), or it would be granted later, unowned.
+        command = "echo $$; exec " + shlex.join(["salloc", "--no-shell",
+                                                 *self._request(walltime)])
         errors: list[bytes] = []
         job: list[str] = []
+        pid: list[bytes] = []
 
         def stderr(chunk: bytes) -> None:
             errors.append(chunk)
@@ -85,10 +90,14 @@ class SlurmScheduler(ClusterScheduler):
                 job.append(found.group(1))
 
         try:
-            status = await self.shell.stream(command, lambda _: None, stderr)
+            status = await self.shell.stream(command, pid.append, stderr)
         except BaseException:
-            if job:  # interrupted while pending: withdraw the request
-                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                remote = b"".join(pid).split(b"\n", 1)[0].strip().decode(errors="replace")
+                if remote.isdigit():  # interrupted while pending: withdraw the request
+                    await self.shell.run(f"kill -INT {remote} 2>/dev/null; sleep 1; "
+                                         f"kill -TERM {remote} 2>/dev/null; true")
+                if job:
                     await self.shell.run(f"scancel {shlex.quote(job[0])}")
             raise
         text = b"".join(errors).decode(errors="replace")
@@ -169,5 +178,8 @@ class SlurmScheduler(ClusterScheduler):
         await self.shell.run(f"scancel {shlex.quote(allocation.id)}")
 
     async def aclose(self) -> None:
-        await self.shell.run(f"scancel -u \"$USER\" -n {shlex.quote(self.name)}")
+        await self.sweep(self.name)
+
+    async def sweep(self, name: str) -> None:
+        await self.shell.run(f"scancel -u \"$USER\" -n {shlex.quote(name)}")
 

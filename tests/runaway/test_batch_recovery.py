@@ -21,7 +21,7 @@ from tests.schedulers.scenarios import slurm_jobs_left
 
 def resume(name: str, cwd: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "runaway", "batch", "x", "x", "--resume", "--name", name,
+        [sys.executable, "-m", "runaway", "batch", "--resume", "--name", name,
          "--json", *extra], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
