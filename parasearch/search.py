@@ -103,7 +103,7 @@ class SearchSource(Source):
         if self.exhausted or self.failure:
             return None
         with self.store.asking() as db:
-            self._apply(self.store.trials(db, since_number=0))
+            self._apply(self._news(db))
             completed = self.completed()
             if completed >= self.settings.n:
                 return None
@@ -177,7 +177,12 @@ class SearchSource(Source):
     # -- the shared history ------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        self._apply(self.store.trials(since_number=0))
+        self._apply(self._news(None))
+
+    def _news(self, db) -> list[StoredTrial]:
+        """What changed since this driver last looked: new trials and new results (a
+        take-over changes only who holds a trial, which the counts do not need)."""
+        return self.store.trials(db, since_number=len(self._known), told_since=self._tells)
 
     def completed(self) -> int:
         return sum(1 for t in self._known.values() if t.state == COMPLETED)

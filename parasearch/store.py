@@ -58,6 +58,7 @@ trials = sa.Table(
     sa.UniqueConstraint("search", "number"),
 )
 sa.Index("trials_by_state", trials.c.search, trials.c.state)
+sa.Index("trials_by_told", trials.c.search, trials.c.told)
 
 
 class StoreError(OrchestraError):
@@ -158,9 +159,14 @@ class Store:
                        .values(asks=searches.c.asks + 1))
             yield db
 
-    def trials(self, db: Connection | None = None, since_number: int = 0) -> list[StoredTrial]:
-        query = sa.select(*_COLUMNS).where(trials.c.search == self.name,
-                                           trials.c.number >= since_number)
+    def trials(self, db: Connection | None = None, since_number: int = 0,
+               told_since: int | None = None) -> list[StoredTrial]:
+        """The trials from number `since_number` on; with `told_since`, also those whose
+        result arrived since (what a driver that knows the rest needs to catch up)."""
+        newer = trials.c.number >= since_number
+        if told_since is not None:
+            newer = sa.or_(newer, trials.c.told >= told_since)
+        query = sa.select(*_COLUMNS).where(trials.c.search == self.name, newer)
         query = query.order_by(trials.c.number)
         if db is not None:
             return [_trial(r) for r in db.execute(query)]

@@ -1,24 +1,35 @@
-"""Samplers behind one ask/tell API; ``create_sampler`` picks one by name."""
+"""Samplers behind one ask/tell API; ``create_sampler`` picks one by name.
+
+Each algorithm's module is imported when it is asked for: CMA-ES and QMC pull in scipy.stats,
+which would cost every `parasearch` command a second of start-up."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from parasearch.samplers.asha import AshaSampler, HyperbandSampler
 from parasearch.samplers.base import Sampler
-from parasearch.samplers.cmaes import CmaEsSampler
-from parasearch.samplers.gp import GPSampler
-from parasearch.samplers.grid import GridSampler
-from parasearch.samplers.qmc import QMCSampler
-from parasearch.samplers.random import RandomSampler
-from parasearch.samplers.tpe import TPESampler
 from parasearch.space import Space
 
-SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls
-    for cls in (RandomSampler, GridSampler, QMCSampler, TPESampler, CmaEsSampler, GPSampler,
-                AshaSampler, HyperbandSampler)
+# name -> (module, class)
+SAMPLERS: dict[str, tuple[str, str]] = {
+    "random": ("random", "RandomSampler"),
+    "grid": ("grid", "GridSampler"),
+    "qmc": ("qmc", "QMCSampler"),
+    "tpe": ("tpe", "TPESampler"),
+    "cmaes": ("cmaes", "CmaEsSampler"),
+    "gp": ("gp", "GPSampler"),
+    "asha": ("asha", "AshaSampler"),
+    "hyperband": ("asha", "HyperbandSampler"),
 }
+
+
+def sampler_class(name: str) -> type[Sampler]:
+    try:
+        module, cls = SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}") from None
+    return getattr(importlib.import_module(f"parasearch.samplers.{module}"), cls)
 
 
 def create_sampler(
@@ -26,8 +37,4 @@ def create_sampler(
 ) -> Sampler:
     """A sampler by name (``random``, ``grid``, ``qmc``, ``tpe``, ``cmaes``, ``gp``, ``asha``,
     ``hyperband``)."""
-    try:
-        cls = SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}") from None
-    return cls(space, seed=seed, maximize=maximize, **options)
+    return sampler_class(name)(space, seed=seed, maximize=maximize, **options)

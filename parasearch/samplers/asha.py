@@ -6,8 +6,9 @@ ASHA promotes a configuration if one is in the top 1/η of the results of its ru
 been promoted yet — re-run with the same parameters at the next rung's budget — otherwise it
 starts a new random configuration at the bottom rung. It never waits for a rung to fill (Li et
 al., "A System for Massively Parallel Hyperparameter Tuning", 2020). Hyperband runs brackets of
-ASHA that start at successively higher rungs, new configurations taken round-robin, hedging
-against low fidelities that rank configurations badly.
+ASHA that start at successively higher rungs, new configurations shared out so that each
+bracket spends about the same budget, hedging against low fidelities that rank configurations
+badly.
 
 Everything is derived from the history (a configuration's bracket is the rung it first ran at;
 it is promoted from rung k once it appears at rung k + 1), so replaying a search restores it.
@@ -93,9 +94,21 @@ class AshaSampler(Sampler):
         return None
 
     def _new_bracket(self) -> int:
-        """The rung a new configuration starts at: round-robin over the brackets."""
+        """The rung a new configuration starts at: the bracket furthest below its share.
+        Shares are Hyperband's: the bracket of s halvings gets ⌈(S+1)/(s+1)·η^s⌉
+        configurations per round, so every bracket spends about the same budget (the one that
+        starts at full fidelity gets the fewest)."""
+        if self.brackets == 1:
+            return 0
         first, _ = self._layout()
-        return len(first) % self.brackets
+        counts = [0] * self.brackets
+        for rung in first.values():
+            if rung < self.brackets:
+                counts[rung] += 1
+        top = len(self.rungs) - 1
+        shares = [math.ceil((top + 1) / (top - b + 1) * self.eta ** (top - b))
+                  for b in range(self.brackets)]
+        return min(range(self.brackets), key=lambda b: (counts[b] / shares[b], b))
 
     def _budget(self, rung: int) -> Any:
         value = self.rungs[rung]

@@ -48,9 +48,13 @@ def test_maximize_promotes_the_largest():
     assert others(sampler.ask().params) == others(trials[2].params)
 
 
-def test_hyperband_brackets_start_at_every_rung_round_robin():
+def test_hyperband_shares_new_configurations_by_budget():
     sampler = create_sampler("hyperband", SPACE, seed=2)
-    assert [sampler.ask().params["epochs"] for _ in range(8)] == [1, 3, 9, 27] * 2
+    firsts = [sampler.ask().params["epochs"] for _ in range(41)]
+    # Hyperband's shares for 4 rungs and eta 3: 27, 12, 6 and 4 configurations per round
+    # for the brackets starting at 1, 3, 9 and 27 epochs (about the same budget each)
+    assert {e: firsts.count(e) for e in (1, 3, 9, 27)} == {1: 22, 3: 10, 9: 5, 27: 4}
+    assert firsts[:4] == [1, 3, 9, 27]  # every bracket opens at once
 
 
 def test_replaying_the_history_gives_the_same_next_ask():
