@@ -201,15 +201,13 @@ def _new(args: argparse.Namespace) -> tuple[Journal, Store]:
               "max_broken": args.max_broken, "created": time.time()}
     url = store_url(args.storage, folder)
     store = Store(url, name)
-    if store.exists():  # another driver's search: join it if it is the same search
+    if store.exists() or not store.create(shared):  # another driver's: join if the same
         theirs = store.meta()
         differ = [k for k in SHARED if theirs.get(k) != shared[k]]
         if differ:
             store.close()
             raise OrchestraError(f"search {name!r} exists in {shown(url)} with other "
                                  f"{', '.join(differ)}: give the same, or another --name")
-    else:
-        store.create(shared)
     path = Path(args.profile).expanduser()
     meta = {"name": name, "kind": "search-driver", "storage": url,
             "driver_id": f"{socket.gethostname()}-{uuidlib.uuid4().hex[:8]}",

@@ -113,10 +113,25 @@ class Store:
             self.engine = sa.create_engine(url, pool_pre_ping=True,
                                            connect_args={"connect_timeout": 10})
         try:
-            with self.engine.begin() as db:
-                _meta.create_all(db, checkfirst=True)
+            self._create_schema()
         except sa.exc.SQLAlchemyError as error:
             raise StoreError(f"search store {shown(url)}: {_reason(error)}") from None
+
+    def _create_schema(self) -> None:
+        """The tables, once, even when several drivers start at the same moment on a new
+        database: PostgreSQL serializes on an advisory lock; and whoever loses a race to
+        create a table finds it made on the next try."""
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as db:
+                    if db.dialect.name == "postgresql":
+                        db.execute(sa.text("SELECT pg_advisory_xact_lock(7061726173)"))
+                    _meta.create_all(db, checkfirst=True)
+                return
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -131,10 +146,15 @@ class Store:
 
     # -- the search ------------------------------------------------------------------------------
 
-    def create(self, meta: dict) -> None:
-        with self._tx() as db:
-            db.execute(searches.insert().values(name=self.name, meta=json.dumps(meta), asks=0,
-                                                created=time.time()))
+    def create(self, meta: dict) -> bool:
+        """Create the search; False when another driver created it first (then join it)."""
+        try:
+            with self._tx() as db:
+                db.execute(searches.insert().values(name=self.name, meta=json.dumps(meta),
+                                                    asks=0, created=time.time()))
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     def exists(self) -> bool:
         with self._tx() as db:

@@ -146,3 +146,35 @@ def test_an_unreachable_store_or_a_wrong_password_is_one_clear_error(testbed, tm
         assert all(w in errors[0] for w in words), errors[0]
         assert "wrong" not in errors[0]  # the password is not shown
     assert not (tmp_path / "search").exists()
+
+
+RACE = """\
+import sys
+from parasearch.store import Store
+store = Store(sys.argv[1], "race")
+joined = not store.create({"n": 1})
+print("joined" if joined else "created")
+"""
+
+
+def test_drivers_starting_together_on_a_new_database_create_it_once(testbed, tmp_path):
+    """Several drivers at the same moment on an empty database: the schema and the search
+    are created once, the others join (found by the CI of this very change)."""
+    admin = sa.create_engine(testbed.postgres.replace("postgresql://", "postgresql+psycopg://"),
+                             isolation_level="AUTOCOMMIT")
+    database = f"race_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as db:
+        db.execute(sa.text(f"CREATE DATABASE {database}"))
+    url = testbed.postgres.rsplit("/", 1)[0] + "/" + database
+    try:
+        script = tmp_path / "race.py"
+        script.write_text(RACE)
+        procs = [subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+        assert sorted(out.strip() for out, _ in outs) == ["created"] + ["joined"] * 3
+    finally:
+        with admin.connect() as db:
+            db.execute(sa.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        admin.dispose()

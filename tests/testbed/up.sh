@@ -479,7 +479,7 @@ if [ "$TB_PG_PORT" != 0 ] && ! listening root "$TB_PG_PORT"; then
         -o "-c listen_addresses=127.0.0.1 -p $TB_PG_PORT -k $TB/run/pg -c fsync=off" start
     pg() { runuser -u postgres -- "$pg_bin/psql" -h "$TB/run/pg" -p "$TB_PG_PORT" -U postgres "$@"; }
     if [ "$(pg -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'orchestra'")" != 1 ]; then
-        q pg -c "CREATE ROLE orchestra LOGIN PASSWORD '$PG_PASSWORD'"
+        q pg -c "CREATE ROLE orchestra LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
         q pg -c "CREATE DATABASE searches OWNER orchestra"
     fi
     step "postgresql started on 127.0.0.1:$TB_PG_PORT (database searches, user orchestra)"
