@@ -123,7 +123,12 @@ def export(campaign: Campaign, version: CodeVersion) -> Path:
             tar.extractall(tmp, filter="tar")
         if version.patch is not None:
             apply_patch(campaign, version.patch, tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another run exported it meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
