@@ -34,6 +34,10 @@ scripts=$(.venv/bin/python -c '
 from importlib.metadata import distribution
 print(" ".join(sorted(e.name for e in distribution("orchestra-tools").entry_points
                       if e.group == "console_scripts")))')
+# the tools of the distribution: runaway, parasearch, expegit, orchestra (all must be there)
+for name in runaway parasearch expegit orchestra; do
+  case " $scripts " in *" $name "*) ;; *) echo "install: $name is not declared" >&2; exit 1;; esac
+done
 for name in $scripts; do
   ln -sf "$PWD/.venv/bin/$name" "$bin/$name"
   "$bin/$name" --version >/dev/null || { echo "install: $name --version failed" >&2; exit 1; }

@@ -24,6 +24,7 @@ from liborchestra._fields import parse_duration
 from liborchestra.driver import Policy
 from liborchestra.errors import OrchestraError
 from liborchestra.profile import LEAVE
+from runaway.argv import split_script_args
 from runaway.batch_cmd import add_sweep_arguments, sweep_from_args
 from runaway.interrupts import Interrupts
 from runaway.progress import Progress, mode_for
@@ -113,10 +114,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    tail: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, tail = argv[:cut], argv[cut + 1:]
+    argv, tail = split_script_args(argv)
     args = parser().parse_args(argv)
     if hasattr(args, "template"):
         args.template = [*args.template, *tail]

@@ -35,6 +35,7 @@ from parasearch.search import SearchSettings, SearchSource
 from parasearch.space import Fidelity, Space, SpaceError
 from parasearch.store import Store, StoreError, shown, store_url
 from parasearch.view import SearchView
+from runaway.argv import split_script_args
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
@@ -111,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] and argv[0] in QUERIES:
             return _query(query_parser().parse_args(argv), renderer)
-        tail: list[str] = []
-        if "--" in argv:
-            cut = argv.index("--")
-            argv, tail = argv[:cut], argv[cut + 1:]
+        argv, tail = split_script_args(argv)
         args = search_parser().parse_args(argv)
         args.args = [*args.args, *tail]
         journal, store = _resumed(args) if args.resume else _new(args)

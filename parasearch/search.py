@@ -155,10 +155,8 @@ class SearchSource(Source):
                                  recorded=False)
         elif result.state is State.FAILED:
             problem = f"exit {result.ecode}" if result.ecode is not None else result.message
-        (started,) = journal.db.execute("SELECT started FROM executions WHERE seq = ?",
-                                        (row.seq,)).fetchone()
         kept = self.store.finish(row.payload["number"], self.me, state, value, metrics,
-                                 problem, result.node, started)
+                                 problem, result.node, row.started)
         if not kept:
             journal.finished(row.seq, State.CANCELLED.value, result.ecode,
                              "taken over by another driver: this result is ignored",
@@ -186,9 +184,6 @@ class SearchSource(Source):
 
     def completed(self) -> int:
         return sum(1 for t in self._known.values() if t.state == COMPLETED)
-
-    def broken(self) -> list[StoredTrial]:
-        return [t for t in self._known.values() if t.state == FAILED]
 
     def _apply(self, stored: list[StoredTrial]) -> None:
         """Bring the sampler up to date: new trials adopted in their order, each after the

@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 
-import anyio
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -20,7 +19,7 @@ from liborchestra import events
 from liborchestra.engine import Engine
 from liborchestra.journal import Journal
 from parasearch.search import SearchSettings, SearchSource, TrialRecorded
-from runaway.progress import _as_json, _clock
+from runaway.progress import _as_json, _clock, run_refreshing
 
 REFRESH = 0.5
 
@@ -56,16 +55,7 @@ class SearchView:
 
     async def run_beside(self, work: Awaitable) -> object:
         """Run `work`, refreshing the view meanwhile."""
-        async with anyio.create_task_group() as tg:
-            async def refresh() -> None:
-                while True:
-                    self._refresh()
-                    await anyio.sleep(REFRESH)
-
-            tg.start_soon(refresh)
-            result = await work
-            tg.cancel_scope.cancel()
-        return result
+        return await run_refreshing(self._refresh, work, REFRESH)
 
     def _refresh(self) -> None:
         self._done.append((time.monotonic(), self.source.completed()))

@@ -15,8 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import anyio
-
 from liborchestra.batch import BatchSettings, SweepSource, keep_attempt
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
@@ -27,7 +25,7 @@ from liborchestra.launch import check_runnable
 from liborchestra.profile import load_profile
 from liborchestra.transfer import build_archive
 from runaway.batches import check_name, failures, locate, post_failures
-from runaway.progress import Progress, mode_for
+from runaway.progress import Progress, mode_for, run_refreshing
 from runaway.render import Renderer
 from runaway.sweep_args import (
     add_sweep_arguments,
@@ -249,15 +247,7 @@ async def _drive(journal: Journal, meta: dict, renderer: Renderer, signals, json
             signals.on_first = lambda: (driver.drain(), renderer.note(
                 "draining: no new executions; running ones finish (Ctrl-C again: cancel now)"))
             with progress:
-                async with anyio.create_task_group() as tg:
-                    async def refresh() -> None:
-                        while True:
-                            progress.refresh()
-                            await anyio.sleep(REFRESH)
-
-                    tg.start_soon(refresh)
-                    await driver.run()
-                    tg.cancel_scope.cancel()
+                await run_refreshing(progress.refresh, driver.run(), REFRESH)
         progress.summary(failures(journal), name=str(meta["name"]),
                          post_failed=post_failures(journal))
     counts = journal.counts()

@@ -21,6 +21,7 @@ from liborchestra.launch import check_runnable
 from liborchestra.profile import LEAVE, load_profile
 from liborchestra.results import parse_parameters, write_record
 from runaway import batch_cmd, results_cmd, sched_cmd
+from runaway.argv import split_script_args
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
@@ -79,12 +80,7 @@ def _shared(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Everything after the first `--` is the script's, verbatim (argparse would mix them up
-    # with options given after the positionals).
-    tail: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, tail = argv[:cut], argv[cut + 1:]
+    argv, tail = split_script_args(argv)
     args = parser().parse_args(argv)
     if args.command == "exec":
         args.args = [*args.args, *tail]

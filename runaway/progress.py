@@ -8,6 +8,8 @@ import json
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import attrs
@@ -22,6 +24,8 @@ from liborchestra.batch import PostCommandFailed, PostOutputCapped
 from liborchestra.engine import Engine
 from liborchestra.execution import State
 from liborchestra.journal import Journal
+
+T = TypeVar("T")
 
 # the one vocabulary of states (liborchestra.execution.State), in the order a view shows them
 STATES = tuple(s.value for s in (State.COMPLETED, State.FAILED, State.LOST, State.RUNNING,
@@ -191,3 +195,18 @@ def mode_for(json_output: bool) -> str:
     if json_output:
         return "json"
     return "live" if sys.stderr.isatty() else "plain"
+
+
+async def run_refreshing(refresh: Callable[[], object], work: Awaitable[T],
+                         interval: float = 0.5) -> T:
+    """Await `work` while calling `refresh` every `interval` seconds (the live views)."""
+    async with anyio.create_task_group() as tg:
+        async def loop() -> None:
+            while True:
+                refresh()
+                await anyio.sleep(interval)
+
+        tg.start_soon(loop)
+        result = await work
+        tg.cancel_scope.cancel()
+    return result
