@@ -37,6 +37,7 @@ from liborchestra.transfer import (
 log = logging.getLogger(__name__)
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a cancelled script
 REATTACH_ATTEMPTS = 3
+PID_WAIT_POLLS = 100  # tenths of a second a starting run gets to write its pid file
 _SETUP_FAILED = 96
 
 
@@ -150,7 +151,13 @@ class Launcher:
     async def _reattach(self, shell: Shell, execution: Execution, pack: str) -> ResultSink:
         """After a lost connection: wait for the detached script to end, then fetch."""
         run = self.run_dir(execution)
-        wait = (f"cd {run} || exit 97; pid=$(cat {INTERNAL}/pid 2>/dev/null); "
+        # A run folder without a pid file may still be starting (its wrapper unpacks the code
+        # first, and outlives the driver that sent it): wait for the pid a while before
+        # deciding that the script never started.
+        wait = (f"cd {run} || exit 97; n=0; while [ ! -s {INTERNAL}/pid ] && "
+                f"[ ! -e {INTERNAL}/ecode ] && [ $n -lt {PID_WAIT_POLLS} ]; do "
+                "sleep 0.1; n=$((n + 1)); done; "
+                f"pid=$(cat {INTERNAL}/pid 2>/dev/null); "
                 f"while [ ! -e {INTERNAL}/ecode ] && [ -n \"$pid\" ] && kill -0 \"$pid\" "
                 "2>/dev/null; do sleep 0.2; done")
         error: SSHError | None = None
