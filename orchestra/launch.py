@@ -2,8 +2,9 @@
 batches retried from their page, each in a task of the server's own event loop.
 
 A form becomes the very argv the command line would get, parsed by runaway's or parasearch's
-own parser and created by their own `_new`, so a batch launched here is the batch `runaway
-batch` would have made; it is then driven by liborchestra's Driver, the loop every tool shares.
+own parser and created by their own `create_batch` and `create_search`, so a batch launched
+here is the batch `runaway batch` would have made; it is then driven by liborchestra's Driver,
+the loop every tool shares.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Runs:
         cut = argv.index("--") if "--" in argv else len(argv)
         args = _parsed(parser(), argv[:cut])
         args.template = [*args.template, *argv[cut + 1:]]
-        journal, _ = batch_cmd._new(args)
+        journal, _ = batch_cmd.create_batch(args)
         return self._start(journal, "batch")
 
     def start_search(self, fields: dict[str, str]) -> Path:
@@ -136,7 +137,7 @@ class Runs:
         args = _parsed(cli.search_parser(), argv[:cut])
         args.args = argv[cut + 1:]
         try:
-            journal, store = cli._new(args)
+            journal, store = cli.create_search(args)
         except (SpaceError, SamplerError) as error:  # a bad prior, or an algorithm refusing it
             raise LaunchError(str(error)) from None
         store.close()

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, tail = split_script_args(argv)
         args = search_parser().parse_args(argv)
         args.args = [*args.args, *tail]
-        journal, store = _resumed(args) if args.resume else _new(args)
+        journal, store = _resumed(args) if args.resume else create_search(args)
         interrupts = Interrupts(renderer)
         return anyio.run(interrupts.run, _search, journal, store, args, renderer,
                          backend="asyncio")
@@ -150,7 +150,7 @@ def _settings(meta: dict, shared: dict, folder: Path) -> SearchSettings:
         lease=float(meta["lease"]))
 
 
-def _new(args: argparse.Namespace) -> tuple[Journal, Store]:
+def create_search(args: argparse.Namespace) -> tuple[Journal, Store]:
     """Check everything first (one clear error, nothing written), then create this driver's
     journal, and the search in the store unless another driver created it (then join it)."""
     if args.profile is None or args.script is None:

@@ -86,7 +86,7 @@ def _folder(args: argparse.Namespace, name: str) -> Path:
     return (args.output or Path("batch") / name).resolve()
 
 
-def _new(args: argparse.Namespace) -> tuple[Journal, dict]:
+def create_batch(args: argparse.Namespace) -> tuple[Journal, dict]:
     """A new batch's journal, with its settings; every problem is one error first."""
     if args.profile is None or args.script is None:
         raise OrchestraError("batch needs PROFILE SCRIPT (or --resume --name NAME)")
@@ -133,7 +133,7 @@ async def batch(args: argparse.Namespace, renderer: Renderer, signals) -> int:
         _same_as_journal(args, meta)
         renderer.note(_resume_plan(journal))
     else:
-        journal, meta = _new(args)
+        journal, meta = create_batch(args)
     renderer.note(f"batch {meta['name']}: {sum(journal.counts().values())} executions; "
                   f"folder {os.path.relpath(journal.path.parent)}")
     return await _drive(journal, meta, renderer, signals, args.json)
