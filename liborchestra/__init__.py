@@ -2,19 +2,39 @@
 
 The library never prints and never reads argv: it emits events (see `events`) and raises
 `OrchestraError` subclasses whose message is one clear line for the user.
+
+The public names are imported on first use (PEP 562): a tool that only needs an error class
+or the version (`expegit status`) does not pay for the engine, asyncssh and the schedulers.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from liborchestra.engine import Engine, SyncEngine
 from liborchestra.errors import OrchestraError
-from liborchestra.execution import Execution, Result, State
-from liborchestra.profile import Profile, load_profile
 
 try:
     __version__ = version("orchestra-tools")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+_LAZY = {
+    "Engine": "liborchestra.engine",
+    "SyncEngine": "liborchestra.engine",
+    "Execution": "liborchestra.execution",
+    "Result": "liborchestra.execution",
+    "State": "liborchestra.execution",
+    "Profile": "liborchestra.profile",
+    "load_profile": "liborchestra.profile",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'liborchestra' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
