@@ -8,14 +8,8 @@ or the version (`expegit status`) does not pay for the engine, asyncssh and the 
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
 from liborchestra.errors import OrchestraError
-
-try:
-    __version__ = version("orchestra-tools")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 _LAZY = {
     "Engine": "liborchestra.engine",
@@ -28,7 +22,19 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~40 ms: only when asked
+
+    try:
+        return version("orchestra-tools")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
