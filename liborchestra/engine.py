@@ -24,6 +24,7 @@ import anyio.from_thread
 import attrs
 
 from liborchestra import events
+from liborchestra.agent import Agents
 from liborchestra.allocator import Allocator
 from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError, SSHError
 from liborchestra.execution import Execution, Result, State, tail
@@ -59,11 +60,12 @@ class Engine:
         self.code = CodeCache()
         self.send_ignore = send_ignore
         self.leave = leave
+        self.agents = Agents(profile.directory, self.emit) if profile.agent else None
         self.launcher = Launcher(LaunchSettings(
             profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
             leave=leave, fetch_ignore=fetch_ignore,
             execution=profile.scheduler.custom.execution if profile.scheduler.custom else ()),
-            self.emit)
+            self.emit, self.agents)
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
         self._archives: dict[tuple, CodeArchive] = {}
@@ -97,6 +99,8 @@ class Engine:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sweeper)
                 tg.start_soon(self.allocator.run)
+                if self.agents is not None:
+                    tg.start_soon(self.agents.serve)
 
     async def __aexit__(self, exc_type, exc, tb) -> bool | None:
         caught: BaseException | None = None

@@ -76,7 +76,26 @@ class ConnectionProblem:
     message: str
 
 
+@attrs.frozen
+class AgentStarted:
+    """A node agent is up on `node`: executions there start without a channel each."""
+
+    node: str
+    python: str
+    pid: int
+
+
+@attrs.frozen
+class AgentUnavailable:
+    """No node agent on `node` (no python3 >= 3.8, or it keeps dying): executions there use
+    the shell wrapper, slower but the same contract. Said once per node."""
+
+    node: str
+    reason: str
+
+
 Event = Union[AllocationRequested, AllocationGranted, AllocationReleased, AllocationRefused,
               CodeSent,
-              ExecutionStarted, Output, ExecutionFinished, ConnectionProblem]
+              ExecutionStarted, Output, ExecutionFinished, ConnectionProblem,
+              AgentStarted, AgentUnavailable]
 Listener = Callable[[Event], None]

@@ -20,6 +20,7 @@ import anyio
 import attrs
 
 from liborchestra import events
+from liborchestra.agent import AgentLost, Agents
 from liborchestra.errors import ConnectionLostError, LaunchError, SSHError
 from liborchestra.execution import Execution, Result, State
 from liborchestra.shell import Shell
@@ -55,8 +56,10 @@ class LaunchSettings:
 
 
 class Launcher:
-    def __init__(self, settings: LaunchSettings, emit: Callable[[events.Event], None]) -> None:
+    def __init__(self, settings: LaunchSettings, emit: Callable[[events.Event], None],
+                 agents: Agents | None = None) -> None:
         self.settings, self.emit = settings, emit
+        self.agents = agents  # None: every execution through the shell wrapper
         self._trash: dict[Shell, list[str]] = {}
 
     def run_dir(self, execution: Execution) -> str:
@@ -112,11 +115,15 @@ class Launcher:
     async def _run_and_fetch(self, shell: Shell, slot: Slot, execution: Execution,
                              archive: CodeArchive) -> dict[str, bytes]:
         rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
-        sink = ResultSink()
         pack = pack_command(self.run_dir(execution), rules)
-        start = self.start_command(slot, execution, archive)
         self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle,
                                           slot.allocation.id, archive.digest))
+        if self.agents is not None and not execution.stream:
+            agent_sink = await self._through_agent(shell, slot, execution, archive, rules, pack)
+            if agent_sink is not None:
+                return self._store(shell, execution, agent_sink)
+        sink = ResultSink()
+        start = self.start_command(slot, execution, archive)
         errors: list[bytes] = []
         try:
             if execution.stream:
@@ -135,6 +142,22 @@ class Launcher:
             raise LaunchError(f"{shell.name}: could not prepare or pack the run folder of "
                               f"{execution.uuid} (status {status}): {detail}")
         return self._store(shell, execution, sink)
+
+    async def _through_agent(self, shell: Shell, slot: Slot, execution: Execution,
+                             archive: CodeArchive, rules: IgnoreRules,
+                             pack: str) -> ResultSink | None:
+        """The node agent starts it and sends the results back; None when the node has no
+        agent. When the agent dies meanwhile, reattach to the run folder like after any lost
+        connection."""
+        root = self.settings.root
+        order = {"op": "run", "id": execution.uuid, "dir": f"{root}/runs/{execution.uuid}",
+                 "archive": f"{root}/code/{archive.name}",
+                 "runner": self.runner_script(slot, execution), "ignore": list(rules.patterns)}
+        try:
+            return await self.agents.run(shell, order)
+        except AgentLost as lost:
+            self.emit(events.ConnectionProblem(shell.name, str(lost)))
+            return await self._reattach(shell, execution, pack)
 
     async def _stream(self, shell: Shell, execution: Execution, start: str) -> int:
         def out(data: bytes) -> None:
@@ -177,7 +200,7 @@ class Launcher:
     def start_command(self, slot: Slot, execution: Execution, archive: CodeArchive) -> str:
         """Shell text that prepares the run folder and starts the script detached ($pid)."""
         root = remote_path(self.settings.root)
-        runner = self.runner_script(slot, execution)
+        runner = self.runner_script(slot, execution, archive)
         return "\n".join([
             f"mkdir -p {self.run_dir(execution)}/{INTERNAL} && cd {self.run_dir(execution)} "
             f"&& tar -xf {root}/code/{archive.name} || exit {_SETUP_FAILED}",
@@ -187,8 +210,11 @@ class Launcher:
             f"pid=$!; echo $pid > {INTERNAL}/pid",
         ])
 
-    def runner_script(self, slot: Slot, execution: Execution) -> str:
-        """The detached script: environment, setup, the user's script, the exit code file."""
+    def runner_script(self, slot: Slot, execution: Execution,
+                      archive: CodeArchive | None = None) -> str:
+        """The detached script: environment, setup, the user's script, the exit code file.
+        It first notes its node and code (for `runaway logs` and `clean`) and marks the
+        archive used now (the code cache keeps the most recently used)."""
         s = self.settings
         run = self.run_dir(execution)
         script = execution.script.resolve().relative_to(execution.code_dir).as_posix()
@@ -212,8 +238,12 @@ class Launcher:
                             *map(shlex.quote, execution.args)])
         if s.execution:
             command = _legacy_execution(s.execution, execution.args)
+        used = [] if archive is None else [
+            f"printf '%s\\n' {archive.digest} > {INTERNAL}/digest; "
+            f"touch -c {remote_path(s.root)}/code/{archive.name}"]
         return "\n".join([
             f"cd {run} || exit {_SETUP_FAILED}",
+            f"printf '%s\\n' {shlex.quote(slot.node.name)} > {INTERNAL}/node", *used,
             f"exec > {INTERNAL}/stdout 2> {INTERNAL}/stderr",
             *(f"export {k}={v}" for k, v in env),
             *s.setup,

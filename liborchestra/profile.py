@@ -100,6 +100,7 @@ class Profile:
     setup: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     reach: str = "ssh"
+    agent: bool = True  # a node agent per node starts the executions (false: a shell wrapper each)
     source: str = "<memory>"
 
     @property
@@ -224,6 +225,7 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
         setup=f.get("setup", str_list, ()),
         env=f.get("env", _env, ()),
         reach=f.get("reach", _choice(REACH), "ssh"),
+        agent=f.get("agent", bool_, True),
         source=source,
     )
     f.done()

@@ -11,7 +11,7 @@ import contextlib
 import os
 import shlex
 import signal
-from typing import Callable, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 import anyio
 
@@ -22,10 +22,26 @@ Sink = Callable[[bytes], None]
 _CHUNK = 65536
 
 
+class Pipe(Protocol):
+    """A long-lived command's stdin and stdout, for a conversation (the node agent)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def readline(self) -> bytes:
+        """One line, b"" at end of output."""
+
+    async def readexactly(self, n: int) -> bytes:
+        """Raises ConnectionLostError when output ends first."""
+
+
 class Shell(Protocol):
     """Runs bash commands on one host."""
 
     name: str
+
+    def open(self, command: str) -> contextlib.AbstractAsyncContextManager[Pipe]:
+        """A command that stays up, spoken to through its stdin and stdout; leaving the block
+        closes its stdin (and ends it); its stderr is discarded."""
 
     async def run(self, command: str, input: bytes | None = None) -> Completed:
         """Run to completion and collect stdout and stderr."""
@@ -43,11 +59,58 @@ async def _pump(reader: object, sink: Sink) -> None:
         sink(chunk)
 
 
+class _StreamPipe:
+    """A Pipe over reader/writer streams (asyncio's or asyncssh's); end of output or a lost
+    connection while reading is ConnectionLostError."""
+
+    def __init__(self, name: str, reader, writer) -> None:
+        self.name, self._reader, self._writer = name, reader, writer
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+        except (*LOST_ERRORS, RuntimeError) as error:  # RuntimeError: asyncio's closed pipe
+            raise ConnectionLostError(f"{self.name}: pipe closed: {error}") from None
+
+    async def readline(self) -> bytes:
+        try:
+            return await self._reader.readline()
+        except LOST_ERRORS as error:
+            raise ConnectionLostError(f"{self.name}: connection lost: {error}") from None
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            raise ConnectionLostError(f"{self.name}: output ended mid-frame") from None
+        except LOST_ERRORS as error:
+            raise ConnectionLostError(f"{self.name}: connection lost: {error}") from None
+
+
 class LocalShell:
     """bash on this machine. Each command gets its own process group, killed if cancelled."""
 
     def __init__(self, name: str = "localhost") -> None:
         self.name = name
+
+    @contextlib.asynccontextmanager
+    async def open(self, command: str) -> AsyncIterator[Pipe]:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True, limit=1 << 20)
+        try:
+            yield _StreamPipe(self.name, proc.stdout, proc.stdin)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(*LOST_ERRORS, RuntimeError):
+                    proc.stdin.close()
+                with anyio.move_on_after(5):
+                    await proc.wait()
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
 
     async def run(self, command: str, input: bytes | None = None) -> Completed:
         out: list[bytes] = []
@@ -88,6 +151,15 @@ class SSHShell:
 
     async def run(self, command: str, input: bytes | None = None) -> Completed:
         return await self.pool.run(_bash(command), input)
+
+    @contextlib.asynccontextmanager
+    async def open(self, command: str) -> AsyncIterator[Pipe]:
+        async with self.pool.process(_bash(command)) as proc:
+            try:
+                yield _StreamPipe(self.name, proc.stdout, proc.stdin)
+            finally:
+                with contextlib.suppress(*LOST_ERRORS, OSError):
+                    proc.stdin.write_eof()
 
     async def stream(self, command: str, stdout: Sink, stderr: Sink,
                      input: bytes | None = None) -> int:
@@ -135,6 +207,9 @@ class SrunShell:
 
     async def run(self, command: str, input: bytes | None = None) -> Completed:
         return await self.login.run(self._step(command), input)
+
+    def open(self, command: str) -> contextlib.AbstractAsyncContextManager[Pipe]:
+        return self.login.open(self._step(command))
 
     async def stream(self, command: str, stdout: Sink, stderr: Sink,
                      input: bytes | None = None) -> int:

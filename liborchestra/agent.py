@@ -1,0 +1,208 @@
+"""The driver's side of the node agents (`node_agent.py`): one per node, started over one
+channel on first use, restarted when it dies, given up on (with one event) when it cannot run.
+
+An execution handed to an agent costs one frame each way on a channel already open, instead
+of a channel, a round trip and seven helper processes. When the agent or its channel dies,
+every execution it was watching raises AgentLost, and the launcher reattaches to the run
+folder over a plain channel as it does after any lost connection: the contract is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import anyio
+
+from liborchestra import events, node_agent
+from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError
+from liborchestra.shell import Pipe, Shell
+from liborchestra.transfer import ResultSink, remote_path
+
+log = logging.getLogger(__name__)
+SOURCE = Path(node_agent.__file__).read_bytes()
+DIGEST = hashlib.sha256(SOURCE).hexdigest()
+DEATHS = 3  # an agent that dies this often within DEATH_WINDOW seconds is given up on
+DEATH_WINDOW = 60.0
+START_TIMEOUT = 60.0
+_CHUNK = 1 << 20
+_NO_PYTHON, _OLD_PYTHON = 43, 44
+
+
+class AgentLost(OrchestraError):
+    """The agent (or its channel) ended before this execution's results came back; the run
+    folder still has everything."""
+
+
+class Agents:
+    """The node agents of one engine, one per node shell."""
+
+    def __init__(self, root: str, emit: Callable[[events.Event], None]) -> None:
+        self.root, self.emit = root, emit
+        self._clients: dict[Shell, _Client] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._serving = anyio.Event()
+
+    async def serve(self) -> None:
+        """Host the agents' reading tasks until cancelled (the engine's housekeeping)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._serving.set()
+            await anyio.sleep_forever()
+
+    async def run(self, shell: Shell, order: dict) -> ResultSink | None:
+        """Run one execution through `shell`'s agent: its results, or None when this node
+        has no agent (use the shell wrapper). Raises AgentLost, or LaunchError for a run
+        folder the agent could not prepare."""
+        await self._serving.wait()
+        client = self._clients.get(shell)
+        if client is None:
+            client = self._clients[shell] = _Client(shell, self.root, self.emit, self._tg)
+        return await client.run(order)
+
+    def up(self) -> int:
+        """How many agents are running now."""
+        return sum(1 for c in self._clients.values() if c.pipe is not None)
+
+
+class _Client:
+    def __init__(self, shell: Shell, root: str, emit: Callable[[events.Event], None],
+                 tg: anyio.abc.TaskGroup) -> None:
+        self.shell, self.root, self.emit, self._tg = shell, root, emit, tg
+        self.pipe: Pipe | None = None
+        self.unavailable = ""  # why this node runs without an agent, once given up
+        self._starting: anyio.Event | None = None
+        self._pending: dict[str, asyncio.Future[ResultSink]] = {}
+        self._deaths: list[float] = []
+
+    async def run(self, order: dict) -> ResultSink | None:
+        pipe = await self._up()
+        if pipe is None:
+            return None
+        future: asyncio.Future[ResultSink] = asyncio.get_running_loop().create_future()
+        self._pending[order["id"]] = future
+        try:
+            pipe.write(json.dumps(order).encode() + b"\n")
+            return await future
+        except ConnectionLostError as error:
+            raise AgentLost(f"{self.shell.name}: node agent unreachable: {error}") from None
+        finally:
+            self._pending.pop(order["id"], None)
+
+    async def _up(self) -> Pipe | None:
+        while self.pipe is None and not self.unavailable:
+            if self._starting is None:
+                self._starting = anyio.Event()
+                self._tg.start_soon(self._serve, self._starting)
+            await self._starting.wait()
+        return self.pipe
+
+    async def _serve(self, started: anyio.Event) -> None:
+        reason = ""
+        try:
+            with anyio.fail_after(START_TIMEOUT):
+                path = await self._install()
+            if path is None:
+                return
+            async with self.shell.open(f"exec python3 -u {path}") as pipe:
+                with anyio.fail_after(START_TIMEOUT):
+                    hello = await _hello(pipe)
+                self.pipe = pipe
+                self.emit(events.AgentStarted(self.shell.name, str(hello.get("python")),
+                                              int(hello.get("pid", 0))))
+                started.set()
+                await self._read(pipe)
+        except (OrchestraError, OSError, ValueError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+        finally:
+            self.pipe, self._starting = None, None
+            started.set()
+            self._ended(reason)
+
+    def _ended(self, reason: str) -> None:
+        """Fail what this agent was watching (each reattaches); give up after many deaths."""
+        lost = AgentLost(f"{self.shell.name}: node agent ended: {reason or 'closed'}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(lost)
+        if self.unavailable:
+            return
+        now = anyio.current_time()
+        self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW] + [now]
+        if len(self._deaths) >= DEATHS:
+            self._give_up(f"the node agent ended {DEATHS} times in {DEATH_WINDOW:.0f} s "
+                          f"(last: {reason or 'closed'})")
+        elif reason:
+            self.emit(events.ConnectionProblem(self.shell.name, str(lost)))
+
+    def _give_up(self, reason: str) -> None:
+        self.unavailable = reason
+        self.emit(events.AgentUnavailable(self.shell.name, reason))
+
+    async def _install(self) -> str | None:
+        """The agent's path on the node, uploaded once per content hash; None (and the
+        reason, said once) when the node's python3 cannot run it."""
+        folder = f"{remote_path(self.root)}/agent"
+        path = f"{folder}/{DIGEST}.py"
+        probe = await self.shell.run(
+            f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}; "
+            "python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' "
+            f"|| exit {_OLD_PYTHON}; test -s {path}")
+        if probe.returncode in (_NO_PYTHON, _OLD_PYTHON):
+            self._give_up("no python3 on the node" if probe.returncode == _NO_PYTHON
+                          else "the node's python3 is older than 3.8")
+            return None
+        if probe.returncode != 0:
+            done = await self.shell.run(f"set -e; mkdir -p {folder}; cat > {path}.$$; "
+                                        f"mv -f {path}.$$ {path}", input=SOURCE)
+            if done.returncode != 0:
+                raise LaunchError(f"could not install the node agent under {self.root}/agent: "
+                                  f"{done.stderr.decode(errors='replace').strip()}")
+        return path
+
+    async def _read(self, pipe: Pipe) -> None:
+        while True:
+            line = await pipe.readline()
+            if not line:
+                raise ConnectionLostError("its output ended")
+            frame = json.loads(line)
+            future = self._pending.get(frame.get("id", ""))
+            if future is not None and future.done():
+                future = None  # cancelled meanwhile: its results are read and dropped
+            sink = ResultSink() if future is not None and frame.get("op") == "done" else None
+            left = int(frame.get("size", 0))
+            while left > 0:
+                chunk = await pipe.readexactly(min(left, _CHUNK))
+                left -= len(chunk)
+                if sink is not None:
+                    sink.write(chunk)
+            if future is None:
+                continue  # a start notice, or a run this driver no longer watches
+            if sink is not None:
+                future.set_result(sink)
+            elif frame.get("op") == "failed":
+                future.set_exception(LaunchError(
+                    f"{self.shell.name}: could not prepare the run folder of {frame['id']}: "
+                    f"{frame.get('message', '')}"))
+
+
+async def _hello(pipe: Pipe) -> dict:
+    """The agent's first frame; lines a login script printed before it are skipped."""
+    for _ in range(1000):
+        line = await pipe.readline()
+        if not line:
+            raise ConnectionLostError("the node agent exited at start")
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(frame, dict) and frame.get("op") == "hello":
+            if frame.get("protocol") != node_agent.PROTOCOL:
+                raise LaunchError(f"node agent speaks protocol {frame.get('protocol')}, "
+                                  f"not {node_agent.PROTOCOL}")
+            return frame
+    raise LaunchError("the node agent never said hello")
