@@ -18,7 +18,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from liborchestra import __version__
-from orchestra import pages, search_page
+from orchestra import campaign_page, pages, search_page
+from orchestra.campaigns import Indexes
 from orchestra.discovery import Catalog
 from orchestra.launch import Runs
 from orchestra.records import BadRequest, Conflict, Forbidden, NotFound
@@ -95,6 +96,11 @@ def create_app(roots: list[Path], token: str | None = None, rescan: float = 2.0)
         Route("/batch/{id}/cancel", pages.cancel, methods=["POST"]),
         Route("/batch/{id}/{seq:int}", pages.execution),
         Route("/batch/{id}/{seq:int}/files/{path:path}", pages.file),
+        Route("/campaign/{id}", campaign_page.campaign),
+        Route("/campaign/{id}/events", campaign_page.events),
+        Route("/campaign/{id}/{run}", campaign_page.execution),
+        Route("/campaign/{id}/{run}/patch", campaign_page.patch),
+        Route("/campaign/{id}/{run}/files/{path:path}", campaign_page.file),
         Route("/search/{id}", search_page.search),
         Route("/search/{id}/data", search_page.data),
         Route("/search/{id}/events", search_page.events),
@@ -106,6 +112,7 @@ def create_app(roots: list[Path], token: str | None = None, rescan: float = 2.0)
         Forbidden: _forbidden, Conflict: _conflict,
         Exception: _server_error})
     app.state.catalog = Catalog(roots, rescan)
+    app.state.campaigns = Indexes()
     app.state.templates = _templates()
     app.state.csrf = new_token()
     return Guard(app, token)

@@ -1,5 +1,6 @@
-"""Finding the records under the served folders: batch and sched journals and search records,
-found again every few seconds so a run started anywhere (by the CLI or by the page) appears.
+"""Finding the records under the served folders: expegit campaigns, batch and sched journals
+and search records, found again every few seconds so a run started anywhere (by the CLI or by
+the page) appears.
 
 A walk stops at a record's folder: the per-execution folders under it (100,000 of them in a big
 batch) are never listed, so a rescan costs the same whatever the batches hold.
@@ -15,8 +16,11 @@ from pathlib import Path
 
 import attrs
 
+from orchestra.campaigns import is_campaign
+
 JOURNAL = "journal.sqlite"  # runaway batch and sched (liborchestra.journal)
 SEARCH = "search.sqlite"  # parasearch (parasearch.trials.RECORD)
+CAMPAIGN = "expegit.yml"  # expegit (expegit.campaign.SETTINGS, beside .git)
 SKIP = {".git", ".venv", "node_modules", "__pycache__", ".orchestra"}
 MAX_DEPTH = 6  # folders below a served folder that are looked into
 RESCAN = 2.0  # seconds a scan is reused
@@ -26,9 +30,10 @@ RESCAN = 2.0  # seconds a scan is reused
 class Entry:
     """One record found: what kind, its name, where, and a stable id for URLs."""
 
-    kind: str  # "batch", "sched" or "search"
+    kind: str  # "campaign", "batch", "sched" or "search"
     name: str
-    path: Path  # the journal; for a search whose driver ran elsewhere, its store
+    path: Path  # the journal; a search's store when its driver ran elsewhere; a campaign's
+    # settings file
     id: str
 
     @property
@@ -55,6 +60,9 @@ def _kind(folder: Path, files: list[str] | set[str]) -> str:
 
 
 def _entry(folder: Path, files: list[str] | set[str]) -> Entry | None:
+    if is_campaign(folder, files):  # its runs/ and code/ are never walked
+        path = folder / CAMPAIGN
+        return Entry("campaign", folder.name, path, entry_id(path))
     record = JOURNAL if JOURNAL in files else SEARCH if SEARCH in files else None
     if record is None:
         return None

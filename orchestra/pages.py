@@ -58,7 +58,7 @@ def render(request: Request, name: str, status: int = 200, **context) -> HTMLRes
 def entry_of(request: Request) -> Entry:
     entry = request.app.state.catalog.get(request.path_params["id"])
     if entry is None:
-        raise records.NotFound(f"no batch or search {request.path_params['id']!r}")
+        raise records.NotFound(f"no campaign, batch or search {request.path_params['id']!r}")
     return entry
 
 
@@ -84,6 +84,9 @@ def _summaries(request: Request) -> list[dict]:
         try:
             if entry.kind == "search":  # the trials of the search, from its store
                 s = searches.summary(entry)
+            elif entry.kind == "campaign":  # its records and this clone's runs in flight
+                index = request.app.state.campaigns.get(entry.folder)
+                s = attrs.asdict(index.summary(), recurse=False)
             else:
                 with records.opened(entry.journal) as journal:
                     s = attrs.asdict(records.summary(journal, entry.kind), recurse=False)
@@ -110,11 +113,12 @@ async def overview_events(request: Request) -> Response:
 
 # -- a batch -----------------------------------------------------------------------------------
 
-def _batch_context(request: Request, entry: Entry) -> dict:
-    query = records.Query.parse(dict(request.query_params))
-    with records.opened(entry.journal) as journal:
-        summary = records.summary(journal, entry.kind)
-        rows, matching = records.page(journal, query)
+def table_context(entry: Entry, summary: records.Summary, query: records.Query,
+                  found: tuple[list[records.Execution], int], sorts: list[str], url: str,
+                  key: str = "seq") -> dict:
+    """What batch.html and batch_table.html show of one page of a table of executions (a
+    batch's or a campaign's): `url` is the table's, a row's page is `url/<row.key>`."""
+    rows, matching = found
     pages = max(1, math.ceil(matching / records.PAGE_SIZE))
     if query.page > pages:
         raise records.NotFound(f"no page {query.page} (there are {pages})")
@@ -127,7 +131,16 @@ def _batch_context(request: Request, entry: Entry) -> dict:
 
     return {"entry": entry, "summary": summary, "rows": rows, "query": query,
             "matching": matching, "pages": pages, "link": link, "states": records.STATES,
-            "sorts": list(records.SORTS), **_run_info(request, entry)}
+            "sorts": sorts, "url": url, "key": key, "driven_here": False, "run_error": None}
+
+
+def _batch_context(request: Request, entry: Entry) -> dict:
+    query = records.Query.parse(dict(request.query_params))
+    with records.opened(entry.journal) as journal:
+        summary = records.summary(journal, entry.kind)
+        found = records.page(journal.db, query)
+    return {**table_context(entry, summary, query, found, list(records.SORTS),
+                            f"/batch/{entry.id}"), **_run_info(request, entry)}
 
 
 async def batch(request: Request) -> Response:
@@ -206,11 +219,10 @@ def _folder(entry: Entry, uuid: str) -> Path:
     return folder
 
 
-def _execution_context(request: Request, entry: Entry, seq: int) -> dict:
-    with records.opened(entry.journal) as journal:
-        row = records.execution(journal, seq)
-        summary = records.summary(journal, entry.kind)
-    folder = _folder(entry, row.uuid)
+def execution_context(entry: Entry, summary: records.Summary, row: records.Execution,
+                      folder: Path, base: str, parent: str, title: str, **more) -> dict:
+    """What execution.html shows of one execution, whoever recorded it: the row, the tails of
+    its streams, its images and its other files (`base`: the URL of its page)."""
     listed, cut = files.listing(folder)
     tails = [(name, files.tail(folder / name)) for name in files.STREAMS
              if any(f.path == name for f in listed)]
@@ -219,7 +231,17 @@ def _execution_context(request: Request, entry: Entry, seq: int) -> dict:
     return {"entry": entry, "summary": summary, "row": row, "tails": tails,
             "images": [f for f in listed if f.image],
             "others": [f for f in listed if not f.image and f.path not in files.STREAMS],
-            "cut": cut, "ecode_file": ecode}
+            "cut": cut, "ecode_file": ecode, "base": base, "parent": parent, "title": title,
+            "patch": None, "facts": [], **more}
+
+
+def _execution_context(request: Request, entry: Entry, seq: int) -> dict:
+    with records.opened(entry.journal) as journal:
+        row = records.execution(journal, seq)
+        summary = records.summary(journal, entry.kind)
+    return execution_context(entry, summary, row, _folder(entry, row.uuid),
+                             f"/batch/{entry.id}/{seq}", f"/batch/{entry.id}",
+                             f"execution #{seq}")
 
 
 async def execution(request: Request) -> Response:
@@ -229,17 +251,9 @@ async def execution(request: Request) -> Response:
     return render(request, "execution.html", **context)
 
 
-async def file(request: Request) -> Response:
-    """One file of an execution's folder: images as images (an SVG too, under a CSP that
-    runs nothing), everything else as plain text or, asked, as a download."""
-    entry = entry_of(request)
-
-    def find() -> Path:
-        with records.opened(entry.journal) as journal:
-            row = records.execution(journal, request.path_params["seq"])
-        return files.confined(_folder(entry, row.uuid), request.path_params["path"])
-
-    path = await anyio.to_thread.run_sync(find)
+def file_response(request: Request, path: Path) -> Response:
+    """One file of an execution's folder (already confined): images as images (an SVG too,
+    under a CSP that runs nothing), everything else as plain text or, asked, a download."""
     kind = files.IMAGES.get(path.suffix.lower())
     download = bool(request.query_params.get("download"))
     if download:
@@ -248,6 +262,17 @@ async def file(request: Request) -> Response:
     return FileResponse(path, media_type=kind or "text/plain; charset=utf-8", headers=headers,
                         filename=path.name if download else None,
                         content_disposition_type="attachment" if download else "inline")
+
+
+async def file(request: Request) -> Response:
+    entry = entry_of(request)
+
+    def find() -> Path:
+        with records.opened(entry.journal) as journal:
+            row = records.execution(journal, request.path_params["seq"])
+        return files.confined(_folder(entry, row.uuid), request.path_params["path"])
+
+    return file_response(request, await anyio.to_thread.run_sync(find))
 
 
 # -- launch ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,11 +63,12 @@ class Query:
     page: int = 1
 
     @classmethod
-    def parse(cls, params: dict[str, str]) -> Query:
-        state, sort = params.get("state", ""), params.get("sort", "seq") or "seq"
+    def parse(cls, params: dict[str, str], sorts: dict[str, str] = SORTS,
+              default: str = "seq") -> Query:
+        state, sort = params.get("state", ""), params.get("sort", default) or default
         if state and state not in STATES:
             raise BadRequest(f"unknown state {state!r}")
-        if sort not in SORTS:
+        if sort not in sorts:
             raise BadRequest(f"cannot sort by {sort!r}")
         try:
             page = int(params.get("page", "1") or "1")
@@ -138,8 +140,10 @@ def summary(journal: Journal, kind: str) -> Summary:
                    sum(counts.values()), journal.driver_alive(), meta)
 
 
-def page(journal: Journal, query: Query, size: int = PAGE_SIZE) -> tuple[list[Execution], int]:
-    """The executions of one page and how many match the filters in all."""
+def page(db: sqlite3.Connection, query: Query, size: int = PAGE_SIZE,
+         sorts: dict[str, str] = SORTS) -> tuple[list[Execution], int]:
+    """The executions of one page of a table shaped like a journal's (a journal's own, or a
+    campaign's index) and how many match the filters in all."""
     where, args = [], []
     if query.state:
         where.append("state = ?")
@@ -154,9 +158,9 @@ def page(journal: Journal, query: Query, size: int = PAGE_SIZE) -> tuple[list[Ex
         args.append(query.commit.replace("\\", "\\\\").replace("%", "\\%")
                     .replace("_", "\\_") + "%")
     clause = ("WHERE " + " AND ".join(where)) if where else ""
-    total = journal.db.execute(f"SELECT COUNT(*) FROM executions {clause}", args).fetchone()[0]
-    order = f"{SORTS[query.sort]} {'DESC' if query.desc else 'ASC'}, seq"
-    rows = journal.db.execute(
+    total = db.execute(f"SELECT COUNT(*) FROM executions {clause}", args).fetchone()[0]
+    order = f"{sorts[query.sort]} {'DESC' if query.desc else 'ASC'}, seq"
+    rows = db.execute(
         f"SELECT {_COLUMNS} FROM executions {clause} ORDER BY {order} LIMIT ? OFFSET ?",
         [*args, size, (query.page - 1) * size]).fetchall()
     return [_execution(r) for r in rows], total
@@ -168,6 +172,16 @@ def execution(journal: Journal, seq: int) -> Execution:
     if row is None:
         raise NotFound(f"no execution #{seq}")
     return _execution(row)
+
+
+def execution_of(seq: int, columns: tuple) -> Execution:
+    """An Execution from the columns after `seq` (a campaign record's, made by campaigns)."""
+    return _execution((seq, *columns))
+
+
+def by_uuid(db: sqlite3.Connection, uuid: str) -> Execution | None:
+    row = db.execute(f"SELECT {_COLUMNS} FROM executions WHERE uuid = ?", (uuid,)).fetchone()
+    return None if row is None else _execution(row)
 
 
 def last_change(journal: Journal) -> tuple:

@@ -44,14 +44,14 @@ function overview() {
   });
 }
 
-function batch(id) {
+function batch(url) {
   let first = true;
-  listen(`/batch/${id}/events`, async (data) => {
+  listen(`${url}/events`, async (data) => {
     setCounts(document.querySelector(".summary"), data);
     if (first) { first = false; return; }
     const params = new URLSearchParams(window.location.search);
     params.set("fragment", "1");
-    const answer = await fetch(`/batch/${id}?${params}`);
+    const answer = await fetch(`${url}?${params}`);
     if (answer.ok) {
       const doc = new DOMParser().parseFromString(await answer.text(), "text/html");
       document.getElementById("table").replaceChildren(...doc.body.childNodes);
@@ -88,7 +88,8 @@ function search(id) {
 
 document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page, id = document.body.dataset.id;
+  const url = document.body.dataset.url;
   if (page === "overview") overview();
-  else if (page === "batch") batch(id);
+  else if (page === "batch") batch(url);
   else if (page === "search") search(id);
 });
