@@ -57,7 +57,7 @@ class Engine:
         self.pool = SSHPool(limits)
         self.scheduler = create_scheduler(profile, self.pool)
         self.slots = SlotPool()
-        self.code = CodeCache()
+        self.code = CodeCache(self.emit)  # warns of large or left-out code, prunes
         self.send_ignore = send_ignore
         self.leave = leave
         self.agents = Agents(profile.directory, self.emit) if profile.agent else None

@@ -27,10 +27,10 @@ from liborchestra.shell import Shell
 from liborchestra.slots import Slot
 from liborchestra.transfer import (
     INTERNAL,
-    OUTPUT_MARKER,
     CodeArchive,
     IgnoreRules,
     ResultSink,
+    mark_output,
     pack_command,
     remote_path,
 )
@@ -103,8 +103,7 @@ class Launcher:
     def _store(self, shell: Shell, execution: Execution, sink: ResultSink) -> dict[str, bytes]:
         """Unpack fetched results into the output folder, then queue the run folder's removal."""
         if execution.output is not None:
-            execution.output.mkdir(parents=True, exist_ok=True)
-            (execution.output / OUTPUT_MARKER).touch()
+            mark_output(execution.output)  # not when it holds the user's own files
         record = sink.unpack(execution.output)
         if execution.output is not None:
             for name in ("stdout", "stderr", "ecode"):
@@ -152,7 +151,8 @@ class Launcher:
         root = self.settings.root
         order = {"op": "run", "id": execution.uuid, "dir": f"{root}/runs/{execution.uuid}",
                  "archive": f"{root}/code/{archive.name}",
-                 "runner": self.runner_script(slot, execution), "ignore": list(rules.patterns)}
+                 "runner": self.runner_script(slot, execution, archive),
+                 "ignore": list(rules.patterns)}
         try:
             return await self.agents.run(shell, order)
         except AgentLost as lost:

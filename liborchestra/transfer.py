@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import heapq
 import io
 import os
+import re
 import shlex
 import stat
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import anyio
 import attrs
@@ -25,7 +28,49 @@ from liborchestra.errors import TransferError
 from liborchestra.shell import Shell
 
 OUTPUT_MARKER = ".orchestra-output"  # written into local output folders; never shipped back out
-INTERNAL = ".orchestra"  # per-run folder of the wrapper: pid, stdout, stderr, ecode
+INTERNAL = ".orchestra"  # per-run folder of the wrapper: pid, node, digest, stdout, stderr, ecode
+LARGE_CODE = 50 * 2**20  # bytes: shipping more than this is said, with the biggest files
+BIGGEST = 5  # how many of the biggest files a large-code warning names
+CODE_CACHE_KEEP = 5  # archives kept per remote filesystem (the most recently used)
+CODE_IN_USE_GRACE = 600.0  # seconds: an archive used this recently may be in use; kept
+
+
+def mark_output(folder: Path) -> bool:
+    """Mark `folder` as results (never shipped as code), creating it; but never a folder that
+    already holds files of the user's: those would silently vanish from the next code shipped.
+    True when the folder is marked."""
+    marker = folder / OUTPUT_MARKER
+    if marker.exists():
+        return True
+    if folder.is_dir() and any(folder.iterdir()):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
+
+
+@attrs.frozen
+class CodeLeftOut:
+    """Folders of the code that were not shipped because they are marked as results."""
+
+    folders: tuple[str, ...]
+
+
+@attrs.frozen
+class CodeLarge:
+    """The code about to be shipped is large (`size` bytes): its biggest files, by size."""
+
+    size: int
+    files: int
+    biggest: tuple[tuple[str, int], ...]
+
+
+@attrs.frozen
+class CodePruned:
+    """Older code archives removed from a remote cache (name, bytes), to keep it bounded."""
+
+    filesystem: str
+    removed: tuple[tuple[str, int], ...]
 
 
 @attrs.frozen
@@ -77,6 +122,8 @@ class CodeArchive:
     digest: str
     data: bytes = attrs.field(repr=False)
     files: int
+    left_out: tuple[str, ...] = ()  # folders skipped because they are marked as results
+    biggest: tuple[tuple[str, int], ...] = ()  # the largest files (path, bytes), largest first
 
     @property
     def name(self) -> str:
@@ -91,10 +138,15 @@ def build_archive(folder: Path, ignore_file: str = ".sendignore",
     rules = IgnoreRules.read(folder / ignore_file)
     buffer = io.BytesIO()
     count = 0
-    entries = [*_walk(folder, rules)]
+    left_out: list[str] = []
+    sizes: list[tuple[int, str]] = []
+    entries = [*_walk(folder, rules, left_out)]
     for name, path in extra:
         entries.append((name, path, True))
-        entries += [(f"{name}/{rel}", p, d) for rel, p, d in _walk(path.resolve(), IgnoreRules())]
+        skipped: list[str] = []
+        entries += [(f"{name}/{rel}", p, d)
+                    for rel, p, d in _walk(path.resolve(), IgnoreRules(), skipped)]
+        left_out += [f"{name}/{rel}" for rel in skipped]
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for relpath, path, is_dir in entries:
             info = tarfile.TarInfo(relpath)
@@ -116,11 +168,15 @@ def build_archive(folder: Path, ignore_file: str = ".sendignore",
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 count += 1
+                sizes.append((len(data), relpath))
     data = buffer.getvalue()
-    return CodeArchive(hashlib.sha256(data).hexdigest(), data, count)
+    biggest = tuple((path, size) for size, path in heapq.nlargest(BIGGEST, sizes))
+    return CodeArchive(hashlib.sha256(data).hexdigest(), data, count, tuple(left_out), biggest)
 
 
-def _walk(folder: Path, rules: IgnoreRules):
+def _walk(folder: Path, rules: IgnoreRules, left_out: list[str]):
+    """(relative path, path, is a folder) of everything shipped; folders skipped for being
+    marked as results are added to `left_out` (ignored ones are the user's own choice)."""
     for root, dirs, files in os.walk(folder):
         base = Path(root)
         rel_root = base.relative_to(folder).as_posix()
@@ -131,6 +187,8 @@ def _walk(folder: Path, rules: IgnoreRules):
             if rules.ignores(rel, True) or (path / OUTPUT_MARKER).exists() or path.is_symlink():
                 if path.is_symlink() and not rules.ignores(rel, False):
                     yield rel, path, False
+                elif not rules.ignores(rel, True):
+                    left_out.append(rel)
                 continue
             keep.append(name)
             yield rel, path, True
@@ -151,12 +209,21 @@ def remote_path(path: str) -> str:
 
 
 class CodeCache:
-    """Which archives each filesystem already holds; one upload per (filesystem, digest)."""
+    """Which archives each filesystem already holds; one upload per (filesystem, digest).
 
-    def __init__(self) -> None:
+    It says (through `emit`) what is left out of an archive and when one is large, once per
+    archive; after each upload it prunes the filesystem's cache to the CODE_CACHE_KEEP most
+    recently used archives, never one a run still uses or one used in the last
+    CODE_IN_USE_GRACE seconds (another driver may be starting runs from it)."""
+
+    def __init__(self, emit: Callable[[object], None] | None = None,
+                 keep: int = CODE_CACHE_KEEP) -> None:
         self._present: set[tuple[str, str]] = set()
         self._sent: list[tuple[Shell, str]] = []
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._said: set[str] = set()
+        self.emit = emit or (lambda event: None)
+        self.keep = keep
         self.uploads = 0
         self.bytes_sent = 0
 
@@ -170,10 +237,24 @@ class CodeCache:
         async with lock:
             if key in self._present:
                 return False
+            if archive.digest not in self._said:
+                self._said.add(archive.digest)
+                if archive.left_out:
+                    self.emit(CodeLeftOut(archive.left_out))
             sent = await self._ensure(shell, root, archive)
             self._present.add(key)
             self._sent.append((shell, archive.digest))
-            return sent
+        if sent:
+            await self._prune(shell, filesystem, root, archive)
+        return sent
+
+    async def _prune(self, shell: Shell, filesystem: str, root: str,
+                     archive: CodeArchive) -> None:
+        done = await shell.run(prune_command(root, self.keep, CODE_IN_USE_GRACE,
+                                             protect=(archive.name,)))
+        removed = parse_removed(done.stdout.decode(errors="replace"))
+        if removed:
+            self.emit(CodePruned(filesystem, removed))
 
     def sent_to(self) -> list[tuple[Shell, str]]:
         """One shell per (filesystem, digest) this cache placed or found, for cleanup."""
@@ -184,6 +265,8 @@ class CodeCache:
         probe = await shell.run(f"test -f {target}")
         if probe.returncode == 0:
             return False
+        if len(archive.data) > LARGE_CODE:
+            self.emit(CodeLarge(len(archive.data), archive.files, archive.biggest))
         tmp = f"{remote_path(root)}/code/.{archive.name}.$$"
         command = (f"set -e; mkdir -p {remote_path(root)}/code; cat > {tmp}; "
                    f"if ! sha256sum < {tmp} | sed 's/ .*//' | "
@@ -197,6 +280,45 @@ class CodeCache:
         self.uploads += 1
         self.bytes_sent += len(archive.data)
         return True
+
+
+_PRUNE = r"""cd @ROOT@/code 2>/dev/null || exit 0
+now=$(date +%s)
+inuse=$(for d in ../runs/*/@INTERNAL@; do
+  [ -d "$d" ] && [ ! -e "$d/ecode" ] && cat "$d/digest" 2>/dev/null; done)
+n=0
+for f in $(ls -t -- *.tar 2>/dev/null) .*.tar.*; do
+  [ -f "$f" ] || continue
+  case $f in .*) ;; *) n=$((n + 1)); [ $n -le @KEEP@ ] && continue;; esac
+  for p in @SPARED@; do [ "$f" = "$p" ] && continue 2; done
+  t=$(stat -c %Y -- "$f") || continue
+  [ $((now - t)) -lt @GRACE@ ] && continue
+  printf '%s\n' "$inuse" | grep -qx -- "${f%.tar}" && continue
+  s=$(stat -c %s -- "$f") && rm -f -- "$f" && echo "removed $f $s"
+done
+true
+"""
+
+
+def prune_command(root: str, keep: int, grace: float, protect: tuple[str, ...] = ()) -> str:
+    """Remote command removing the archives of `root/code` beyond the `keep` most recently
+    used, except those a run without an exit code names in its `digest` file, those used in
+    the last `grace` seconds and `protect`; also partial uploads older than `grace`. Prints
+    `removed NAME BYTES` per file removed."""
+    spared = " ".join(shlex.quote(name) for name in protect) or "-"
+    values = {"ROOT": remote_path(root), "INTERNAL": INTERNAL, "KEEP": str(int(keep)),
+              "SPARED": spared, "GRACE": str(int(grace))}
+    return re.sub(r"@([A-Z]+)@", lambda m: values[m.group(1)], _PRUNE)
+
+
+def parse_removed(text: str) -> tuple[tuple[str, int], ...]:
+    """The (name, bytes) lines of `prune_command`'s output."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "removed" and parts[2].isdigit():
+            out.append((parts[1], int(parts[2])))
+    return tuple(out)
 
 
 def pack_command(run_dir: str, rules: IgnoreRules) -> str:
