@@ -4,10 +4,11 @@ store: TPE, 8 trials in flight, SQLite and the test bed's PostgreSQL, in-process
 The store is filled through parasearch.store.Store (1,000 random trials reserved, then
 finished with their Branin value, as one sequential driver would have left them). Then a
 SearchSource (the driver's source: `next` asks, the store records) runs with 8 trials always
-in flight, FIFO: each step finishes the oldest (`Store.finish` + `SearchSource.refresh`, what
-`done` does with the store) and asks one more (`SearchSource.next(1)`: the ask transaction,
-the replay of new history into the sampler, the sampler's ask, the reservation). No
-executions run; the time is the driver's per-trial sampler + store cost.
+in flight, FIFO: each step finishes the oldest (`SearchSource.record`, what `done` does with
+the store: the result stored and the news read back in one transaction) and asks one more
+(`SearchSource.next(1)`: the ask transaction, the replay of new history into the sampler,
+the sampler's ask, the reservation). No executions run; the time is the driver's per-trial
+sampler + store cost.
 
     .venv/bin/python -m bench.parasearch_sampler_time [--quick] [--steps 200] [--repeats 3]
         [--history 1000] [--no-postgres]
@@ -99,9 +100,8 @@ async def _drive(source, steps: int) -> dict[str, list[float]]:
         oldest = flight.pop(0)
         params, number = oldest.payload["params"], oldest.payload["number"]
         start = time.perf_counter()
-        kept = source.store.finish(number, source.me, COMPLETED, branin(params), {}, "",
-                                   "local", time.time())
-        source.refresh()
+        kept = source.record(number, COMPLETED, branin(params), {}, "", "local",
+                             time.time())
         spent["tell"].append(time.perf_counter() - start)
         assert kept
         sampler_time[0] = 0.0
@@ -193,7 +193,7 @@ def print_table(result: dict, table: list[dict]) -> None:
                  caption=f"1-min load average before and after each round: {load} on "
                          f"{os.cpu_count()} cores shared with other work")
     for column in ("store", "per trial (ask+tell)", "p90", "next(1)", "of which sampler.ask",
-                   "finish+refresh", "first next(8) (replay)", "target", "verdict"):
+                   "record (finish+catch-up)", "first next(8) (replay)", "target", "verdict"):
         grid.add_column(column)
     for r in table:
         grid.add_row(r["store"], f"{r['total']:.1f}", f"{r['p90']:.1f}", f"{r['ask']:.1f}",

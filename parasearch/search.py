@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -74,6 +75,8 @@ class SearchSource(Source):
         self.failure: str | None = None
         self._tells = 0  # results applied to the sampler, in the store's order
         self._known: dict[int, StoredTrial] = {}  # number -> latest view of the trial
+        self._counts: Counter[str] = Counter()  # of the known trials, by state
+        self._untold: dict[int, StoredTrial] = {}  # results known, not yet told the sampler
         self._mine: set[int] = set()  # trials this driver reserved in this life
 
     # -- Source ----------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class SearchSource(Source):
                 return None
             taken = self.store.take_over(db, self.me, self.settings.lease)
             work = [self._work(t.number, t.params) for t in taken]
-            reserved = sum(1 for t in self._known.values() if t.state == RESERVED)
+            reserved = self._counts[RESERVED]
             for _ in range(max(0, min(n - len(work), self.settings.n - completed - reserved))):
                 try:
                     trial = self.sampler.ask()
@@ -155,14 +158,13 @@ class SearchSource(Source):
                                  recorded=False)
         elif result.state is State.FAILED:
             problem = f"exit {result.ecode}" if result.ecode is not None else result.message
-        kept = self.store.finish(row.payload["number"], self.me, state, value, metrics,
-                                 problem, result.node, row.started)
+        kept = self.record(row.payload["number"], state, value, metrics, problem, result.node,
+                           row.started)
         if not kept:
             journal.finished(row.seq, State.CANCELLED.value, result.ecode,
                              "taken over by another driver: this result is ignored",
                              recorded=False)
-        self.refresh()
-        broken = sum(1 for t in self._known.values() if t.state == FAILED)
+        broken = self._counts[FAILED]
         if broken >= self.settings.max_broken and self.failure is None:
             self.failure = (f"{broken} trials broken (--max-broken {self.settings.max_broken});"
                             f" last: {problem}")
@@ -177,22 +179,38 @@ class SearchSource(Source):
     def refresh(self) -> None:
         self._apply(self._news(None))
 
+    def record(self, number: int, state: str, value: float | None, metrics: dict,
+               problem: str, node: str | None, started: float | None) -> bool:
+        """Store a trial's result and catch up with the store in the same transaction;
+        False when the trial was taken over (the result is ignored)."""
+        kept, news = self.store.record(number, self.me, state, value, metrics, problem, node,
+                                       started, since_number=len(self._known),
+                                       told_since=self._tells)
+        self._apply(news)
+        return kept
+
     def _news(self, db) -> list[StoredTrial]:
         """What changed since this driver last looked: new trials and new results (a
         take-over changes only who holds a trial, which the counts do not need)."""
         return self.store.trials(db, since_number=len(self._known), told_since=self._tells)
 
     def completed(self) -> int:
-        return sum(1 for t in self._known.values() if t.state == COMPLETED)
+        return self._counts[COMPLETED]
 
     def _apply(self, stored: list[StoredTrial]) -> None:
         """Bring the sampler up to date: new trials adopted in their order, each after the
         results known when it was asked; then the newer results, in their order."""
         for trial in stored:
+            old = self._known.get(trial.number)
+            if old is not None:
+                self._counts[old.state] -= 1
+            self._counts[trial.state] += 1
             self._known[trial.number] = trial
-        tells = sorted((t for t in self._known.values() if t.told is not None
-                        and t.told >= self._tells), key=lambda t: t.told)
-        pending_tells = iter(tells)
+            if trial.told is not None and trial.told >= self._tells:
+                self._untold[trial.number] = trial
+        if not self._untold and len(self.sampler.records) == len(self._known):
+            return
+        pending_tells = iter(sorted(self._untold.values(), key=lambda t: t.told))
         nxt = next(pending_tells, None)
         for number in range(len(self.sampler.records), len(self._known)):
             trial = self._known.get(number)
@@ -210,6 +228,7 @@ class SearchSource(Source):
         if self.sampler.records[trial.number].state == PENDING:
             self.sampler.tell(trial.number, trial.value if trial.state == COMPLETED else None)
         self._tells = max(self._tells, trial.told + 1)
+        del self._untold[trial.number]
 
     def _work(self, number: int, params: dict) -> Work:
         params = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}

@@ -109,6 +109,7 @@ class Store:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             self.engine = sa.create_engine(url, connect_args={"timeout": 60})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True,
                                            connect_args={"connect_timeout": 10})
@@ -175,40 +176,40 @@ class Store:
     def asking(self) -> Iterator[Connection]:
         """A transaction holding the search's ask lock: no other driver asks meanwhile."""
         with self._tx() as db:
-            db.execute(searches.update().where(searches.c.name == self.name)
-                       .values(asks=searches.c.asks + 1))
+            db.execute(_ASK, {"s": self.name})
             yield db
 
     def trials(self, db: Connection | None = None, since_number: int = 0,
                told_since: int | None = None) -> list[StoredTrial]:
         """The trials from number `since_number` on; with `told_since`, also those whose
         result arrived since (what a driver that knows the rest needs to catch up)."""
-        newer = trials.c.number >= since_number
-        if told_since is not None:
-            newer = sa.or_(newer, trials.c.told >= told_since)
-        query = sa.select(*_COLUMNS).where(trials.c.search == self.name, newer)
-        query = query.order_by(trials.c.number)
+        query, values = _NEWS, {"s": self.name, "since": since_number,
+                                "told": -1 if told_since is None else told_since}
+        if told_since is None:
+            query = _SINCE
         if db is not None:
-            return [_trial(r) for r in db.execute(query)]
+            return [_trial(r) for r in db.execute(query, values)]
         with self._tx() as conn:
-            return [_trial(r) for r in conn.execute(query)]
+            return [_trial(r) for r in conn.execute(query, values)]
 
     def reserve(self, db: Connection, number: int, params: dict, asked_after: int,
                 driver: str, lease: float, run: str) -> None:
-        db.execute(trials.insert().values(
-            search=self.name, number=number, params=json.dumps(params), state=RESERVED,
-            asked_after=asked_after, driver=driver, lease_until=time.time() + lease, run=run,
-            metrics="{}", takeovers=0, message=""))
+        db.execute(_RESERVE, {
+            "search": self.name, "number": number, "params": json.dumps(params),
+            "state": RESERVED, "asked_after": asked_after, "driver": driver,
+            "lease_until": time.time() + lease, "run": run, "metrics": "{}", "takeovers": 0,
+            "message": ""})
 
     def take_over(self, db: Connection, driver: str, lease: float) -> list[StoredTrial]:
         """Reserve for `driver` the trials whose lease expired (their driver died or stopped);
         its own are not taken: its journal recovers them."""
         now = time.time()
-        expired = sa.and_(trials.c.search == self.name, trials.c.state == RESERVED,
-                          trials.c.lease_until < now, trials.c.driver != driver)
-        numbers = [r[0] for r in db.execute(sa.select(trials.c.number).where(expired))]
+        numbers = [r[0] for r in db.execute(_EXPIRED, {"s": self.name, "now": now,
+                                                       "holder": driver})]
         if not numbers:
             return []
+        expired = sa.and_(trials.c.search == self.name, trials.c.state == RESERVED,
+                          trials.c.lease_until < now, trials.c.driver != driver)
         db.execute(trials.update().where(expired, trials.c.number.in_(numbers)).values(
             driver=driver, lease_until=now + lease, takeovers=trials.c.takeovers + 1))
         return [t for t in self.trials(db) if t.number in set(numbers)]
@@ -233,16 +234,23 @@ class Store:
                metrics: dict, message: str, node: str | None, started: float | None) -> bool:
         """Store a result, in the order results arrive; False when `driver` no longer holds
         the trial (it was taken over: this result is ignored)."""
+        return self.record(number, driver, state, value, metrics, message, node, started)[0]
+
+    def record(self, number: int, driver: str, state: str, value: float | None,
+               metrics: dict, message: str, node: str | None, started: float | None,
+               since_number: int | None = None,
+               told_since: int | None = None) -> tuple[bool, list[StoredTrial]]:
+        """`finish`, and with `since_number` what changed since (as `trials`), read in the
+        same transaction: one round trip per result for a driver that keeps up."""
         with self.asking() as db:
-            told = db.execute(sa.select(sa.func.count()).select_from(trials).where(
-                trials.c.search == self.name, trials.c.told.is_not(None))).scalar_one()
-            done = db.execute(trials.update().where(
-                trials.c.search == self.name, trials.c.number == number,
-                trials.c.driver == driver, trials.c.state == RESERVED).values(
-                state=state, value=value, metrics=json.dumps(metrics), message=message,
-                node=node, started=started, finished=time.time(), told=told,
-                lease_until=None))
-            return done.rowcount == 1
+            told = db.execute(_TOLD, {"s": self.name}).scalar_one()
+            done = db.execute(_FINISH, {
+                "s": self.name, "n": number, "holder": driver, "new_state": state,
+                "new_value": value, "new_metrics": json.dumps(metrics),
+                "new_message": message, "new_node": node, "new_started": started,
+                "new_finished": time.time(), "new_told": told})
+            news = [] if since_number is None else self.trials(db, since_number, told_since)
+            return done.rowcount == 1, news
 
     def release(self, driver: str) -> None:
         """Let other drivers take this driver's reserved trials at once (it stops cleanly
@@ -262,6 +270,41 @@ class Store:
 _COLUMNS = (trials.c.number, trials.c.params, trials.c.state, trials.c.value, trials.c.metrics,
             trials.c.asked_after, trials.c.told, trials.c.driver, trials.c.lease_until,
             trials.c.run, trials.c.node, trials.c.started, trials.c.finished, trials.c.message)
+
+
+# The statements of the per-trial path, built once (their SQL is compiled once per dialect).
+_S = sa.bindparam("s")
+_ASK = searches.update().where(searches.c.name == _S).values(asks=searches.c.asks + 1)
+_SINCE = sa.select(*_COLUMNS).where(
+    trials.c.search == _S, trials.c.number >= sa.bindparam("since")).order_by(trials.c.number)
+_NEWS = sa.select(*_COLUMNS).where(trials.c.search == _S, sa.or_(
+    trials.c.number >= sa.bindparam("since"), trials.c.told >= sa.bindparam("told"))
+).order_by(trials.c.number)
+_RESERVE = trials.insert()
+_EXPIRED = sa.select(trials.c.number).where(
+    trials.c.search == _S, trials.c.state == RESERVED,
+    trials.c.lease_until < sa.bindparam("now"), trials.c.driver != sa.bindparam("holder"))
+# results are numbered 0, 1, 2... under the ask lock: the next is the highest + 1 (an index
+# lookup, where counting them would read them all)
+_TOLD = sa.select(sa.func.coalesce(sa.func.max(trials.c.told), -1) + 1).where(
+    trials.c.search == _S)
+_FINISH = trials.update().where(
+    trials.c.search == _S, trials.c.number == sa.bindparam("n"),
+    trials.c.driver == sa.bindparam("holder"), trials.c.state == RESERVED).values(
+    lease_until=None, **{c: sa.bindparam(f"new_{c}") for c in (
+        "state", "value", "metrics", "message", "node", "started", "finished", "told")})
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    """Write-ahead logging: readers never block the writer, and a commit appends to the log
+    instead of rewriting the database through a rollback journal; synchronous=NORMAL syncs
+    at checkpoints, not at every commit — a killed driver loses nothing it committed (only
+    a power cut can lose the last commits, never consistency). SQLite on one machine, as
+    the store has always been (WAL needs shared memory: not over NFS)."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _trial(row) -> StoredTrial:

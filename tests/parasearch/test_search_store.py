@@ -178,3 +178,31 @@ def test_drivers_starting_together_on_a_new_database_create_it_once(testbed, tmp
         with admin.connect() as db:
             db.execute(sa.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_a_result_is_stored_with_what_changed_since_in_one_transaction(tmp_path):
+    """`Store.record` (what a driver does when a trial ends) returns the other drivers' new
+    trials and results; results are numbered in the order they arrive; SQLite runs in WAL."""
+    from parasearch.store import COMPLETED, FAILED, Store
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    one, two = Store(url, "s"), Store(url, "s")
+    try:
+        assert one.create({"n": 3}) and not two.create({"n": 3})
+        with one.asking() as db:
+            one.reserve(db, 0, {"x": 0.5}, 0, "one", 60.0, "run-0")
+        with two.asking() as db:
+            two.reserve(db, 1, {"x": 0.7}, 0, "two", 60.0, "run-1")
+        assert one.record(0, "one", COMPLETED, 1.5, {}, "", "node", 1.0)[0]
+        kept, news = two.record(1, "two", FAILED, None, {}, "exit 1", "node", 1.0,
+                                since_number=2, told_since=0)
+        assert kept
+        assert [(t.number, t.state, t.told, t.value) for t in news] == [
+            (0, COMPLETED, 0, 1.5), (1, FAILED, 1, None)]
+        assert not one.finish(1, "one", COMPLETED, 2.0, {}, "", "node", 1.0)  # not one's
+        assert [t.told for t in one.trials()] == [0, 1]
+        with one.engine.connect() as db:
+            assert db.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        one.close()
+        two.close()
