@@ -5,6 +5,9 @@ Everything that is local to one clone and must never be shared (driver journals,
 trees, the write lock) lives under `.git/expegit/`, outside git's tracked files: two `expegit`
 processes in one folder serialize their git writes on `.git/expegit/write.lock`, so neither
 meets git's `index.lock`.
+
+GitPython is imported when a command first needs git: `expegit status` and `export` read the
+work tree's files only and start without it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import git
 import yaml
 
 from liborchestra.errors import OrchestraError
+
+if TYPE_CHECKING:
+    import git
 
 SETTINGS = "expegit.yml"
 CODE = "code"
@@ -80,8 +86,12 @@ def git_errors(what: str) -> Iterator[None]:
     """Turn a git failure into one CampaignError line that says what was being done."""
     try:
         yield
-    except git.GitCommandError as error:
-        raise CampaignError(f"{what}: {_git_error(error)}") from None
+    except Exception as error:
+        import git  # imported already: the block ran git
+
+        if isinstance(error, git.GitCommandError):
+            raise CampaignError(f"{what}: {_git_error(error)}") from None
+        raise
 
 
 class Campaign:
@@ -89,10 +99,19 @@ class Campaign:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.repo = git.Repo(root)
         self.settings = Settings.read(root / SETTINGS)
+        self._repo: git.Repo | None = None
         self._thread_lock = threading.RLock()
         self._depth = 0
+
+    @property
+    def repo(self) -> git.Repo:
+        """The campaign's GitPython repository, opened on first use."""
+        if self._repo is None:
+            import git
+
+            self._repo = git.Repo(self.root)
+        return self._repo
 
     # -- finding and making ----------------------------------------------------------------
 
@@ -119,6 +138,8 @@ class Campaign:
                                 "empty folder")
         existed = folder.exists()
         url = _code_url(code)
+        import git
+
         if annex is None:
             annex = shutil.which("git-annex") is not None
         try:
@@ -154,6 +175,8 @@ class Campaign:
         if folder.exists() and any(folder.iterdir()):
             raise CampaignError(f"{folder}: exists and is not empty")
         existed = folder.exists()
+        import git
+
         try:
             with git_errors(f"cannot clone {url}"):
                 repo = git.Repo.clone_from(_code_url(url), folder)
@@ -190,8 +213,9 @@ class Campaign:
 
     @property
     def local(self) -> Path:
-        """This clone's private state: journals, exported trees, the write lock."""
-        path = Path(self.repo.git_dir) / "expegit"
+        """This clone's private state: journals, exported trees, the write lock, the cache
+        of parsed records."""
+        path = git_dir(self.root) / "expegit"
         path.mkdir(exist_ok=True)
         return path
 
@@ -199,6 +223,8 @@ class Campaign:
         if not (self.code / ".git").exists():
             raise CampaignError(f"{self.code}: the code submodule is not checked out (run "
                                 "`git submodule update --init`)")
+        import git
+
         return git.Repo(self.code)
 
     # -- writing -----------------------------------------------------------------------------
@@ -233,6 +259,17 @@ class Campaign:
                     return False
                 repo.git.commit("-q", "--no-verify", "-m", message, "--", *paths, *annexed)
         return True
+
+
+def git_dir(root: Path) -> Path:
+    """The git directory of the work tree `root` (`.git`, or where a `.git` file points),
+    found without starting git."""
+    dot = root / ".git"
+    if dot.is_file():
+        text = dot.read_text().strip()
+        if text.startswith("gitdir:"):
+            return (root / text[len("gitdir:"):].strip()).resolve()
+    return dot
 
 
 def submodule(repo: git.Repo, *args: str) -> str:

@@ -8,43 +8,48 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from pathlib import Path
 
-import anyio
-
-from expegit import code, large, views
 from expegit import record as records
+from expegit import views
 from expegit.campaign import DEFAULT_THRESHOLD, Campaign, CampaignError, git_errors
-from expegit.run import Plan, drive, new_run, open_run
-from expegit.source import remove_run
-from expegit.sync import sync
-from liborchestra import __version__
-from liborchestra._fields import parse_duration
-from liborchestra.driver import Policy
 from liborchestra.errors import OrchestraError
 from liborchestra.profile import LEAVE
 from runaway.argv import split_script_args
-from runaway.batch_cmd import add_sweep_arguments, sweep_from_args
-from runaway.interrupts import Interrupts
-from runaway.progress import Progress, mode_for
-from runaway.render import Renderer
+from runaway.sweep_args import add_sweep_arguments
 
 EXIT_USAGE = 2
 
 
-class _Renderer(Renderer):
+class _Plain:
+    """Notes and errors on stderr for the commands that drive nothing (status, export...):
+    they start without rich, the engine and GitPython."""
+
     def note(self, text: str) -> None:
-        self.console.print(f"expegit: {text}", markup=False, style="dim")
+        print(f"expegit: {text}", file=sys.stderr)
 
     def error(self, text: str) -> None:
-        self.console.print(f"expegit: error: {text}", markup=False, style="bold red")
+        print(f"expegit: error: {text}", file=sys.stderr)
+
+
+class _Version(argparse.Action):
+    """--version, reading the package metadata only when asked (~40 ms at every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from liborchestra import __version__
+
+        print(f"expegit {__version__}")
+        parser.exit()
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="expegit", description="Experiment campaigns in git: "
                                   "every execution recorded with its exact code.")
-    top.add_argument("--version", action="version", version=f"expegit {__version__}")
+    top.add_argument("--version", action=_Version)
     top.add_argument("-C", dest="campaign", type=Path, default=Path("."),
                      help="the campaign folder (default: the current one or a parent)")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -118,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if hasattr(args, "template"):
         args.template = [*args.template, *tail]
-    renderer = _Renderer()
+    renderer = _Plain()
     try:
         if args.command in ("run", "rerun"):
-            return anyio.run(Interrupts(renderer).run, _run if args.command == "run" else _rerun,
-                             args, renderer, backend="asyncio")
+            from expegit.drive_cli import drive_command
+
+            return drive_command(args)
         return COMMANDS[args.command](args, renderer)
     except OrchestraError as error:
         renderer.error(str(error))
@@ -131,82 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _plan(args: argparse.Namespace, profile: str, script: str, rev: str | None,
-          dirty: bool) -> Plan:
-    return Plan(profile=profile, script=script, rev=rev, dirty=dirty, name=args.name,
-                policy=Policy(retries=args.retries, crash_limit=args.crash_limit,
-                              canary=args.canary),
-                duration=parse_duration(args.duration) if args.duration else None,
-                leave=args.leave, send_ignore=args.send_ignore, fetch_ignore=args.fetch_ignore)
-
-
-async def _run(args: argparse.Namespace, renderer: _Renderer, signals: Interrupts) -> int:
-    campaign = Campaign.open(args.campaign)
-    if args.resume:
-        journal = open_run(campaign, args.name)
-    else:
-        plan = _plan(args, args.profile, args.script, args.commit, args.dirty)
-        journal = new_run(campaign, plan, sweep_from_args(args))
-    return await _drive(campaign, journal, renderer, signals, args.json)
-
-
-async def _drive(campaign: Campaign, journal, renderer: _Renderer, signals: Interrupts,
-                 json: bool) -> int:
-    views_: list[Progress] = []
-
-    def started(driver, engine) -> None:
-        progress = Progress(journal, engine, mode_for(json), renderer.console)
-        engine.listeners.append(progress.event)
-        views_.append(progress)
-        signals.on_first = lambda: (driver.drain(), renderer.note(
-            "draining: no new executions; running ones finish and are recorded "
-            "(Ctrl-C again: cancel now)"))
-        progress.__enter__()
-
-    async def refresh() -> None:
-        while True:
-            for view in views_:
-                view.refresh()
-            await anyio.sleep(0.5)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(refresh)
-            counts = await drive(campaign, journal, started=started)
-            tg.cancel_scope.cancel()
-    finally:
-        for view in views_:
-            view.__exit__(None, None, None)
-    name = journal.meta()["name"]
-    renderer.note(f"run {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return 0 if set(counts) <= {"completed"} else 1
-
-
-async def _rerun(args: argparse.Namespace, renderer: _Renderer, signals: Interrupts) -> int:
-    campaign = Campaign.open(args.campaign)
-    if args.failed:
-        chosen = [r for r in records.all_records(campaign.runs) if r.state in ("failed", "lost")]
-    else:
-        chosen = [records.read(records.find(campaign.runs, r)) for r in args.runs]
-    if not chosen:
-        raise CampaignError("nothing to rerun (give RUN ids, or --failed)")
-    groups: dict[tuple, list[records.Record]] = {}
-    for rec in chosen:
-        groups.setdefault((rec.script, rec.profile, rec.commit, rec.patch), []).append(rec)
-    status = 0
-    for (script, profile, commit, patch), recs in groups.items():
-        rev = args.commit or commit
-        if patch and not args.commit:
-            code.export(campaign, code.CodeVersion(commit, patch))
-        plan = _plan(args, args.profile or profile, script, rev, False)
-        rows = [(str(uuid.uuid4()), r.arguments, r.label, {"rerun_of": r.id}) for r in recs]
-        journal = new_run(campaign, plan, None, rows=rows,
-                          patch=None if args.commit else patch)
-        status = max(status, await _drive(campaign, journal, renderer, signals, args.json))
-    return status
-
-
-def _init(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _init(args: argparse.Namespace, renderer: _Plain) -> int:
     campaign = Campaign.init(args.dir, args.code, annex=False if args.no_annex else None,
                              threshold=args.large_threshold, large=tuple(args.large))
     renderer.note(f"campaign in {campaign.root} (code: {args.code}"
@@ -214,13 +145,13 @@ def _init(args: argparse.Namespace, renderer: _Renderer) -> int:
     return 0
 
 
-def _clone(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _clone(args: argparse.Namespace, renderer: _Plain) -> int:
     campaign = Campaign.clone(args.url, args.dir)
     renderer.note(f"campaign cloned into {campaign.root}")
     return 0
 
 
-def _status(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _status(args: argparse.Namespace, renderer: _Plain) -> int:
     campaign = Campaign.open(args.campaign)
     st = views.status(campaign.runs)
     print(f"{st.total} execution(s) in {campaign.root}")
@@ -234,7 +165,7 @@ def _status(args: argparse.Namespace, renderer: _Renderer) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _show(args: argparse.Namespace, renderer: _Plain) -> int:
     campaign = Campaign.open(args.campaign)
     folder = records.find(campaign.runs, args.run)
     print((folder / records.RECORD).read_text(), end="")
@@ -246,7 +177,7 @@ def _show(args: argparse.Namespace, renderer: _Renderer) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _export(args: argparse.Namespace, renderer: _Plain) -> int:
     campaign = Campaign.open(args.campaign)
     text = views.export(campaign.runs, args.format)
     if args.output:
@@ -256,7 +187,9 @@ def _export(args: argparse.Namespace, renderer: _Renderer) -> int:
     return 0
 
 
-def _remove(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _remove(args: argparse.Namespace, renderer: _Plain) -> int:
+    from expegit.source import remove_run
+
     campaign = Campaign.open(args.campaign)
     folders = [records.find(campaign.runs, r) for r in args.runs]  # all found, or none removed
     for folder in folders:
@@ -265,7 +198,9 @@ def _remove(args: argparse.Namespace, renderer: _Renderer) -> int:
     return 0
 
 
-def _update_code(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _update_code(args: argparse.Namespace, renderer: _Plain) -> int:
+    from expegit import code
+
     campaign = Campaign.open(args.campaign)
     if code.dirty(campaign):
         raise CampaignError("code/ has uncommitted changes; commit or stash them first")
@@ -287,7 +222,9 @@ def _has(repo, ref: str) -> bool:
     return bool(repo.git.rev_parse("--verify", "--quiet", ref, with_exceptions=False).strip())
 
 
-def _sync(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _sync(args: argparse.Namespace, renderer: _Plain) -> int:
+    from expegit.sync import sync
+
     campaign = Campaign.open(args.campaign)
     done = sync(campaign, args.remote)
     renderer.note(f"synced with {done.remote}" + (" (merged)" if done.merged else "")
@@ -295,7 +232,9 @@ def _sync(args: argparse.Namespace, renderer: _Renderer) -> int:
     return 0
 
 
-def _get(args: argparse.Namespace, renderer: _Renderer) -> int:
+def _get(args: argparse.Namespace, renderer: _Plain) -> int:
+    from expegit import large
+
     campaign = Campaign.open(args.campaign)
     folder = records.find(campaign.runs, args.run)
     rel = folder.relative_to(campaign.root)

@@ -57,16 +57,39 @@ class Record:
         return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: object = "record") -> Record:
+    def from_json(cls, text: str | bytes, where: object = "record") -> Record:
         """Read a record; a damaged one is a CampaignError naming `where`."""
-        from expegit.campaign import CampaignError
+        return cls.from_data(cls.parse(text, where), where)
 
+    @staticmethod
+    def parse(text: str | bytes, where: object = "record") -> dict:
+        """The JSON object of a record file (not yet checked as a record)."""
         try:
             data = json.loads(text)
-            names = {f.name for f in attrs.fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in names})
+        except ValueError as error:
+            data = error
+        if not isinstance(data, dict):
+            from expegit.campaign import CampaignError
+
+            raise CampaignError(f"{where}: not a valid expegit record ({data})")
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict, where: object = "record") -> Record:
+        """The record of a record file's JSON object (unknown keys, from newer versions, are
+        ignored); a damaged one is a CampaignError naming `where`."""
+        try:
+            return cls(**{k: v for k, v in data.items() if k in _NAMES})
         except (ValueError, TypeError, AttributeError) as error:
+            from expegit.campaign import CampaignError
+
             raise CampaignError(f"{where}: not a valid expegit record ({error})") from None
+
+
+_NAMES = frozenset(f.name for f in attrs.fields(Record))
+# what a field missing from an older record file reads as
+DEFAULTS = {f.name: f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
+            for f in attrs.fields(Record) if f.default is not attrs.NOTHING}
 
 
 def parse_parameters(argv: tuple[str, ...]) -> dict[str, object]:
@@ -123,15 +146,11 @@ def read(folder: Path) -> Record:
 
 
 def all_records(runs: Path) -> Iterator[Record]:
-    """Every record of a campaign, in no particular order (one directory scan)."""
-    if not runs.is_dir():
-        return
-    with os.scandir(runs) as entries:
-        for entry in entries:
-            path = os.path.join(entry.path, RECORD)
-            if entry.is_dir() and os.path.isfile(path):
-                with open(path) as f:
-                    yield Record.from_json(f.read(), path)
+    """Every record of a campaign, in no particular order (through the catalog's cache)."""
+    from expegit.catalog import records
+
+    for data in records(runs):
+        yield Record.from_data(data)
 
 
 def find(runs: Path, prefix: str) -> Path:

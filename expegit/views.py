@@ -12,7 +12,8 @@ from pathlib import Path
 
 import attrs
 
-from expegit.record import Record, all_records
+from expegit.catalog import records
+from expegit.record import DEFAULTS, Record
 
 FIXED = ("id", "state", "exit_code", "commit", "patch", "script", "arguments", "profile", "node",
          "slot", "started", "ended", "duration", "features", "by", "run", "rerun_of")
@@ -33,14 +34,16 @@ class Status:
 
 def status(runs: Path, tail: int = 2, failures: int = 10) -> Status:
     counts: Counter[tuple[str, str]] = Counter()
-    failed: list[Record] = []
-    for rec in all_records(runs):
-        counts[(rec.state, rec.commit[:12] + ("+patch" if rec.patch else ""))] += 1
-        if rec.state in ("failed", "lost"):
-            failed.append(rec)
-    failed.sort(key=lambda r: r.ended or 0, reverse=True)
+    failed: list[dict] = []
+    for data in records(runs):
+        state = data["state"]
+        counts[(state, data["commit"][:12] + ("+patch" if data.get("patch") else ""))] += 1
+        if state in ("failed", "lost"):
+            failed.append(data)
+    failed.sort(key=lambda d: d.get("ended") or 0, reverse=True)
     out = []
-    for rec in failed[:failures]:
+    for data in failed[:failures]:
+        rec = Record.from_data(data)
         stderr = runs / rec.id / "stderr"
         lines = stderr.read_text(errors="replace").strip().splitlines()[-tail:] \
             if stderr.is_file() and not stderr.is_symlink() else []
@@ -51,14 +54,15 @@ def status(runs: Path, tail: int = 2, failures: int = 10) -> Status:
 def table(runs: Path) -> tuple[list[str], list[dict[str, object]]]:
     """Columns and rows: fixed fields, then `param.NAME` and `metric.NAME` columns."""
     rows, params, metrics = [], set(), set()
-    for rec in all_records(runs):
-        row: dict[str, object] = {k: getattr(rec, k) for k in FIXED}
-        row["arguments"] = " ".join(rec.arguments)
-        row["features"] = " ".join(repr(f) for f in rec.features)
-        for k, v in rec.parameters.items():
+    defaults = {k: DEFAULTS.get(k) for k in FIXED}
+    for data in records(runs):
+        row: dict[str, object] = {k: data.get(k, d) for k, d in defaults.items()}
+        row["arguments"] = " ".join(row["arguments"])
+        row["features"] = " ".join(repr(f) for f in row["features"])
+        for k, v in (data.get("parameters") or {}).items():
             row[f"param.{k}"] = v
             params.add(k)
-        for k, v in rec.metrics.items():
+        for k, v in (data.get("metrics") or {}).items():
             row[f"metric.{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None \
                 else json.dumps(v)
             metrics.add(k)
@@ -70,11 +74,14 @@ def table(runs: Path) -> tuple[list[str], list[dict[str, object]]]:
 
 
 def export(runs: Path, fmt: str) -> str:
+    """CSV (a header, then a row per execution) or JSON (a list of objects, one a line)."""
     columns, rows = table(runs)
-    if fmt == "json":
-        return json.dumps(rows, indent=1, default=str) + "\n"
+    if fmt == "json":  # json's C encoder serves only compact output: one object a line
+        if not rows:
+            return "[]\n"
+        return "[\n" + ",\n".join(json.dumps(r, default=str) for r in rows) + "\n]\n"
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([r.get(c, "") for c in columns] for r in rows)
     return buffer.getvalue()

@@ -1,0 +1,105 @@
+"""Every record of a campaign, read fast: `status` and `export` of 10,000 records in well under
+a second.
+
+Reading 10,000 `record.json` files costs ~0.5 s (open, read, parse, check); a stat of each is
+~10× cheaper. So the parsed records are kept in a cache under the clone's private state
+(`.git/expegit/records.cache`, never shared), each keyed by its file's inode, mtime and size:
+a record written, rewritten (always by an atomic rename: a new inode), merged in by a sync or
+removed is seen at the next read, committed or not, and only those files are parsed again.
+The cache is a speed-up only: unreadable, of another Python, or not writable, and every file
+is simply read.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+from pathlib import Path
+
+from expegit.campaign import git_dir
+from expegit.record import RECORD, Record
+
+CACHE = "records.cache"
+FORMAT = 1  # bump when the cache's layout changes
+_TAG = (FORMAT, sys.version_info[:2])  # marshal's format belongs to one Python version
+
+
+def records(runs: Path) -> list[dict]:
+    """The JSON object of every finished record under `runs` (a folder without its record
+    file is an execution in flight), in no particular order. A damaged record is a
+    CampaignError naming its file."""
+    try:
+        names = [n for n in os.listdir(runs) if not n.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    cache = _cache_path(runs)
+    old = _load(cache) if cache is not None else {}
+    new: dict[str, tuple] = {}
+    out = []
+    base = str(runs)
+    memo: dict[str, str] = {}
+    parsed = 0
+    for name in names:
+        path = f"{base}/{name}/{RECORD}"
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        entry = old.get(name)
+        if entry is None or entry[0] != key:
+            entry = (key, _parse(path, memo))
+            parsed += 1
+        new[name] = entry
+        out.append(entry[1])
+    if cache is not None and (parsed or len(new) != len(old)):
+        _save(cache, new)
+    return out
+
+
+def _parse(path: str, memo: dict[str, str]) -> dict:
+    """One record file as JSON data, checked by making the Record of it once."""
+    with open(path, "rb") as f:
+        text = f.read()
+    data = Record.parse(text, path)  # the clear error for a damaged one
+    Record.from_data(data, path)
+    return _shared(data, memo)
+
+
+def _shared(value: object, memo: dict[str, str]) -> object:
+    """`value` with equal strings made one object: the commit, script, profile, state and
+    keys repeated across records are written once in the cache (marshal keeps references)."""
+    if isinstance(value, str):
+        return memo.setdefault(value, value)
+    if isinstance(value, list):
+        return [_shared(v, memo) for v in value]
+    if isinstance(value, dict):
+        return {memo.setdefault(k, k): _shared(v, memo) for k, v in value.items()}
+    return value
+
+
+def _cache_path(runs: Path) -> Path | None:
+    folder = git_dir(runs.parent)
+    return folder / "expegit" / CACHE if folder.is_dir() else None
+
+
+def _load(path: Path) -> dict[str, tuple]:
+    try:
+        with open(path, "rb") as f:
+            tag, entries = marshal.loads(f.read())  # load(f) reads piecemeal: 5x slower
+    except (OSError, EOFError, ValueError, TypeError):
+        return {}
+    return entries if tag == _TAG and isinstance(entries, dict) else {}
+
+
+def _save(path: Path, entries: dict[str, tuple]) -> None:
+    """Replace the cache atomically (readers at the same moment each write a whole one)."""
+    tmp = path.with_name(f".{CACHE}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with open(tmp, "wb") as f:
+            marshal.dump((_TAG, entries), f)
+        os.replace(tmp, path)
+    except OSError:  # a read-only clone: no cache, every read parses
+        tmp.unlink(missing_ok=True)
