@@ -21,7 +21,7 @@ import anyio.abc
 import attrs
 
 from liborchestra._fields import parse_duration
-from liborchestra.batch import BatchSettings, SweepSource
+from liborchestra.batch import BatchSettings, SweepSource, keep_attempt
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
@@ -144,13 +144,16 @@ class Runs:
         return self._start(journal, "search")
 
     def retry(self, path: Path, states: list[str]) -> int:
-        """`runaway retry`: the failed (or lost) executions queued again, then driven here."""
+        """`runaway retry`'s library calls: each chosen execution's last attempt kept aside
+        (`keep_attempt`), the rows queued again, the canary judged again; driven here."""
         if self.driving(path):
             raise LaunchError("this batch is running: wait for it, or cancel it")
         journal = Journal.open(path)
         if journal.driver_alive():
             journal.close()
             raise LaunchError("this batch is running elsewhere: wait for it, or cancel it")
+        for row in [r for state in states for r in journal.rows(state)]:
+            keep_attempt(journal, row, path.parent / row.uuid)
         count = journal.requeue(states)
         journal.set_meta("canary_passed", False)  # the code may have changed: judge it again
         self._start(journal, "batch")

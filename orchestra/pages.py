@@ -171,7 +171,7 @@ async def retry(request: Request) -> Response:
     fields = await _posted(request)
     if entry.kind != "batch":
         raise records.BadRequest(f"a {entry.kind} cannot be retried from here")
-    states = [s for s in ("failed", "lost") if fields.get(s)] or ["failed"]
+    states = [s for s in ("failed", "lost", "cancelled") if fields.get(s)] or ["failed"]
     try:
         request.app.state.runs.retry(entry.path, states)
     except OrchestraError as error:

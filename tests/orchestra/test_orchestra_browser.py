@@ -5,8 +5,6 @@ under the test's tmp_path."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from tests.helpers import local_profile, write_script
@@ -14,44 +12,12 @@ from tests.orchestra.test_orchestra_http import PNG, SVG
 from tests.orchestra.web import make_batch, serving
 
 pytestmark = pytest.mark.timeout(120)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 SEARCH_SCRIPT = """\
 #!/usr/bin/env bash
 for a in "$@"; do case $a in --x=*) x=${a#--x=};; esac; done
 sleep 0.4
 echo "RUNAWAY_FEATURES: $(python3 -c "import sys; print((float(sys.argv[1]) - 2) ** 2)" "$x")"
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh page; every script error or CSP refusal it meets fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    tab.on("console", lambda m: problems.append(f"console: {m.text}")
-           if m.type == "error" else None)
-    tab.problems = problems  # a test that expects one clears it
-    try:
-        yield tab
-        assert not problems, problems
-    finally:
-        context.close()
 
 
 def test_click_from_overview_to_an_execution_and_its_images(tmp_path, page):

@@ -195,6 +195,7 @@ def test_retry_failed_runs_them_again_in_the_server(tmp_path):
         page = answer.headers["location"]
         assert page == f"/batch/{_id(tmp_path, 'flaky')}"
         _wait(server, page, "failed 3")
+        _wait(server, page, 'driver <span class="alive">stopped')  # before: 409, running
         marker.touch()
         retried = server.post(page + "/retry", {"csrf": server.csrf(), "failed": "1"})
         assert retried.status == 303
@@ -203,6 +204,7 @@ def test_retry_failed_runs_them_again_in_the_server(tmp_path):
                                          re.S)[1]
         one = server.get(page + "/1").body
         assert "ok --k=1" in one and "<td id=\"ecode\">0" in one
+        assert "attempts/1/ecode" in one  # the failed attempt kept, as `runaway retry` does
 
 
 def test_cancel_stops_a_running_batch_driven_by_the_server(tmp_path):

@@ -1,5 +1,6 @@
 """What the orchestra tests share: a real `orchestra serve` process, raw HTTP requests (paths
-sent byte for byte, never normalized), and batches written through liborchestra's Journal."""
+sent byte for byte, never normalized), batches written through liborchestra's Journal, and
+campaigns made by the real `expegit init` and `expegit run`."""
 
 from __future__ import annotations
 
@@ -130,3 +131,38 @@ def make_batch(folder: Path, labels: list[str], states: list[str] | None = None,
         (out / "stdout").write_text(f"out of {row.label}\n")
         (out / "stderr").write_text(f"err of {row.label}\n")
     return journal
+
+
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.org",
+                "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **GIT_IDENTITY})
+    assert done.returncode == 0, f"git {args}: {done.stderr}"
+    return done.stdout
+
+
+def expegit(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The expegit command line, run as a user runs it."""
+    done = subprocess.run([sys.executable, "-m", "expegit", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **GIT_IDENTITY})
+    if check:
+        assert done.returncode == 0, f"expegit {args}: {done.returncode}\n{done.stderr}"
+    return done
+
+
+def make_campaign(folder: Path, scripts: dict[str, str]) -> Path:
+    """`expegit init FOLDER` around a new code repository holding `scripts` (name: body)."""
+    code = folder.with_name(folder.name + "-code")
+    code.mkdir(parents=True)
+    git(code, "init", "-q", "-b", "main")
+    for name, body in scripts.items():
+        (code / name).write_text(body)
+        (code / name).chmod(0o755)
+    git(code, "add", ".")
+    git(code, "commit", "-q", "-m", "the code")
+    expegit("init", str(folder), "--code", str(code), cwd=folder.parent)
+    return folder
