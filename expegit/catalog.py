@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from expegit.campaign import git_dir
-from expegit.record import RECORD, Record
+from expegit.record import RECORD, REQUIRED, Record
 
 CACHE = "records.cache"
 FORMAT = 1  # bump when the cache's layout changes
@@ -59,24 +59,20 @@ def records(runs: Path) -> list[dict]:
 
 
 def _parse(path: str, memo: dict[str, str]) -> dict:
-    """One record file as JSON data, checked by making the Record of it once."""
+    """One record file as JSON data, checked as a record: every field without a default is
+    there (cheaper than making the Record, which checks nothing more)."""
     with open(path, "rb") as f:
-        text = f.read()
-    data = Record.parse(text, path)  # the clear error for a damaged one
-    Record.from_data(data, path)
-    return _shared(data, memo)
+        data = Record.parse(f.read(), path)  # the clear error for a damaged one
+    missing = sorted(REQUIRED.difference(data))
+    if missing or not isinstance(data["arguments"], list):
+        from expegit.campaign import CampaignError
 
-
-def _shared(value: object, memo: dict[str, str]) -> object:
-    """`value` with equal strings made one object: the commit, script, profile, state and
-    keys repeated across records are written once in the cache (marshal keeps references)."""
-    if isinstance(value, str):
-        return memo.setdefault(value, value)
-    if isinstance(value, list):
-        return [_shared(v, memo) for v in value]
-    if isinstance(value, dict):
-        return {memo.setdefault(k, k): _shared(v, memo) for k, v in value.items()}
-    return value
+        why = f"no {', '.join(missing)}" if missing else "arguments are not a list"
+        raise CampaignError(f"{path}: not a valid expegit record ({why})")
+    # equal keys and strings (commit, script, state...) made one object: marshal writes them
+    # once in the cache, as references
+    return {memo.setdefault(k, k): memo.setdefault(v, v) if type(v) is str else v
+            for k, v in data.items()}
 
 
 def _cache_path(runs: Path) -> Path | None:

@@ -87,6 +87,7 @@ class Record:
 
 
 _NAMES = frozenset(f.name for f in attrs.fields(Record))
+REQUIRED = frozenset(f.name for f in attrs.fields(Record) if f.default is attrs.NOTHING)
 # what a field missing from an older record file reads as
 DEFAULTS = {f.name: f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
             for f in attrs.fields(Record) if f.default is not attrs.NOTHING}
