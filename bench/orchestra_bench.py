@@ -1,18 +1,32 @@
-"""orchestra on a 100,000-execution journal: how long a page of executions takes to answer.
+"""orchestra at 100,000 executions: how long pages take on a big journal (`pages`), and the
+server's memory and page times while a 100,000-execution batch of `true` runs (`running`).
 
-The journal is made by liborchestra's own calls (`Journal.create` + `journal.add` of 100,000
+pages: the journal is made by liborchestra's own calls (`Journal.create` + `journal.add` of 100,000
 rows), then its states, nodes and times are set in one SQL update, as if a driver had run it.
 A real `orchestra serve` answers; each page is requested REPEATS times (after one warm-up) and
 the median is quoted, with the server's RSS before and after all requests.
 
-    .venv/bin/python bench/orchestra_bench.py [ROWS] [REPEATS]
+    .venv/bin/python bench/orchestra_bench.py [pages] [ROWS] [REPEATS]
+
+running: a real `orchestra serve` starts the batch itself (the launch form's POST; with
+`--by runaway`, a `runaway batch` process beside it instead) and, while it runs, is asked for
+the overview, the batch's first and last pages and an execution page in turn, with three live
+streams (SSE) open; its RSS is sampled every second. The default is a 60 s slice of the batch;
+`--full` lets it run to the end.
+
+    .venv/bin/python bench/orchestra_bench.py running [--seconds 60] [--full] [--by runaway]
 """
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -50,8 +64,14 @@ def build(folder: Path, rows: int) -> Path:
 
 
 def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    argv = sys.argv[1:]
+    if argv and argv[0] == "running":
+        running(argv[1:])
+        return
+    if argv and argv[0] == "pages":
+        argv = argv[1:]
+    rows = int(argv[0]) if argv else 100_000
+    repeats = int(argv[1]) if len(argv) > 1 else 20
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = build(Path(tmp) / "batch" / "big", rows)
@@ -85,6 +105,146 @@ def main() -> None:
             after = _rss_mb(server.proc.pid)
             print(f"server RSS {before:.0f} MB before the requests, {after:.0f} MB after "
                   f"{repeats * len(pages)} of them")
+
+
+# -- while a batch runs ---------------------------------------------------------------------------
+
+PAGES = ("overview", "batch, page 1", "batch, last page", "execution #1")
+
+
+def _streams(server, urls: list[str], stop: threading.Event) -> list[threading.Thread]:
+    """Live streams held open like a browser's EventSource, read until `stop`."""
+
+    def read(url: str) -> None:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+        try:
+            conn.request("GET", url)
+            answer = conn.getresponse()
+            while not stop.is_set():
+                try:
+                    if not answer.readline():
+                        return
+                except TimeoutError:
+                    continue
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=read, args=(u,), daemon=True) for u in urls]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _counts(journal: Path) -> dict[str, int]:
+    j = Journal.open(journal)
+    try:
+        return j.counts()
+    finally:
+        j.close()
+
+
+def running(argv: list[str]) -> None:
+    options = argparse.ArgumentParser(prog="orchestra_bench.py running")
+    options.add_argument("--rows", type=int, default=100_000)
+    options.add_argument("--seconds", type=float, default=60.0)
+    options.add_argument("--full", action="store_true", help="run the batch to its end")
+    options.add_argument("--slots", type=int, default=2)
+    options.add_argument("--by", choices=("server", "runaway"), default="server",
+                         help="who drives the batch (default: the server, from its form)")
+    args = options.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        script = root / "code" / "true.sh"
+        script.parent.mkdir()
+        script.write_text("#!/bin/sh\ntrue\n")
+        script.chmod(0o755)
+        profile = root / "scale.yml"
+        profile.write_text(f"name: scale\nscheduler: {{kind: local}}\nslots: {args.slots}\n"
+                           f"directory: {root / 'remote'}\n")
+        served = root / "served"
+        served.mkdir()
+        journal = served / "batch" / "big" / "journal.sqlite"
+        driver = None
+        with serving(served) as server:
+            t0 = time.perf_counter()
+            if args.by == "server":
+                answer = server.post("/launch", {
+                    "csrf": server.csrf(), "kind": "batch", "profile": str(profile),
+                    "script": str(script), "name": "big", "template": "--k=1",
+                    "repeats": str(args.rows)})
+                assert answer.status == 303, answer.body[:500]
+            else:
+                driver = subprocess.Popen(
+                    [sys.executable, "-m", "runaway", "batch", str(profile), str(script),
+                     "--name", "big", "-o", str(journal.parent), "--repeats", str(args.rows),
+                     "--json", "--", "--k=1"], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+            try:
+                _measure(server, journal, args, t0)
+            finally:
+                if driver is not None and driver.poll() is None:
+                    driver.send_signal(signal.SIGINT)
+                    driver.send_signal(signal.SIGINT)  # twice: cancel now
+                    try:
+                        driver.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        driver.kill()
+                        driver.wait()
+
+
+def _measure(server, journal: Path, args: argparse.Namespace, t0: float) -> None:
+    while not journal.is_file() or not _counts(journal).get("completed"):
+        assert time.perf_counter() - t0 < 300, "the batch did not start in 300 s"
+        time.sleep(0.5)
+    bid = entry_id(journal.resolve())
+    print(f"batch of {args.rows} `true` on local ({args.slots} slots), driven by "
+          f"{args.by}; first execution done {time.perf_counter() - t0:.1f} s after launch")
+    last = (args.rows + 49) // 50
+    urls = dict(zip(PAGES, ("/", f"/batch/{bid}", f"/batch/{bid}?page={last}",
+                            f"/batch/{bid}/1"), strict=True))
+    stop = threading.Event()
+    streams = _streams(server, ["/events", f"/batch/{bid}/events", f"/batch/{bid}/events"],
+                       stop)
+    start, done0 = time.perf_counter(), _counts(journal).get("completed", 0)
+    rss: list[tuple[float, float]] = []
+    times: dict[str, list[tuple[float, float]]] = {p: [] for p in PAGES}
+    try:
+        while True:
+            now = time.perf_counter() - start
+            counts = _counts(journal)
+            finished = not counts.get("queued") and not counts.get("running") \
+                and not counts.get("submitted")
+            if (not args.full and now >= args.seconds) or (args.full and finished):
+                break
+            for name, url in urls.items():
+                t = time.perf_counter()
+                assert server.get(url).status == 200, url
+                times[name].append((now, time.perf_counter() - t))
+            rss.append((now, _rss_mb(server.proc.pid)))
+            time.sleep(max(0.0, 1.0 - (time.perf_counter() - start - now)))
+    finally:
+        stop.set()
+    elapsed = time.perf_counter() - start
+    done = _counts(journal).get("completed", 0) - done0
+    print(f"{elapsed:.0f} s measured: {done} executions completed ({done / elapsed:.0f}/s), "
+          f"{len(rss)} samples, {sum(t.is_alive() for t in streams)} of 3 live streams open")
+    third = max(1, len(rss) // 3)
+    head, mid, tail = (statistics.median(v for _, v in part) for part in
+                       (rss[:third], rss[third:2 * third] or rss[:third], rss[-third:]))
+    print(f"server RSS (MB, medians of each third): start {head:.0f}, mid {mid:.0f}, "
+          f"end {tail:.0f}; max {max(v for _, v in rss):.0f}; end/start {tail / head:.2f}")
+    if len(rss) >= 3 and done:
+        slope = statistics.linear_regression([t for t, _ in rss], [v for _, v in rss]).slope
+        print(f"RSS trend (least squares): {60 * slope:+.2f} MB/min, "
+              f"{1000 * slope * elapsed / done:+.3f} MB per 1,000 executions")
+    print(f"{'page':20s} {'median 1st half':>16s} {'median 2nd half':>16s} {'ratio':>6s}")
+    for name, samples in times.items():
+        first = [d for t, d in samples if t < elapsed / 2] or [d for _, d in samples]
+        second = [d for t, d in samples if t >= elapsed / 2] or first
+        a, b = statistics.median(first), statistics.median(second)
+        print(f"{name:20s} {1000 * a:14.1f}ms {1000 * b:14.1f}ms {b / a:6.2f}")
 
 
 if __name__ == "__main__":
