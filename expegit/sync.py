@@ -18,6 +18,10 @@ from expegit.campaign import Campaign, CampaignError, _git_error, git_errors
 from expegit.source import commit_leftovers
 
 ATTEMPTS = 8
+# what git says when someone else's push landed first: fetching and merging again fixes it
+# (a push refused for any other reason, such as a hook's policy, is not retried)
+RACES = ("fetch first", "non-fast-forward", "failed to update ref", "cannot lock ref",
+         "stale info", "failed to lock")
 
 
 @attrs.frozen
@@ -49,7 +53,9 @@ def sync(campaign: Campaign, remote: str = "origin", attempts: int = ATTEMPTS) -
                 repo.git.push("--quiet", remote, *refs)
             except git.GitCommandError as error:
                 if not _rejected(error) or attempt == attempts:
-                    raise CampaignError(f"push to {remote} failed: {_git_error(error)}") from None
+                    raise CampaignError(f"push to {remote} failed: {_push_error(error)}"
+                                        + (f" (after {attempt} attempts)" if attempt > 1
+                                           else "")) from None
             else:
                 if large.copy_to(campaign, remote):
                     _push_annex_branch(campaign, remote)  # it now says the remote has them
@@ -68,7 +74,7 @@ def _push_annex_branch(campaign: Campaign, remote: str) -> None:
             return
         except git.GitCommandError as error:
             if not _rejected(error) or attempt == ATTEMPTS - 1:
-                raise CampaignError(f"push to {remote} failed: {_git_error(error)}") from None
+                raise CampaignError(f"push to {remote} failed: {_push_error(error)}") from None
         with git_errors(f"cannot reach {remote}"):
             repo.git.fetch("--quiet", remote)
         large.merge_branch(campaign)
@@ -96,7 +102,11 @@ def _merge(repo: git.Repo, upstream: str) -> bool:
         except git.GitCommandError:
             pass
         if not conflicted:
-            raise CampaignError(f"merging {upstream} failed: {_git_error(error)}") from None
+            why = _git_error(error)
+            if "unrelated histories" in why:
+                raise CampaignError(f"{upstream} shares no history with this campaign ({why}): "
+                                    "is that remote another campaign?") from None
+            raise CampaignError(f"merging {upstream} failed: {why}") from None
         raise CampaignError(
             f"merging {upstream} conflicts in {', '.join(conflicted)} (not records: someone "
             "changed the same file); nothing was changed here. Resolve it by hand: "
@@ -106,6 +116,19 @@ def _merge(repo: git.Repo, upstream: str) -> bool:
 
 
 def _rejected(error: git.GitCommandError) -> bool:
+    """Whether a push was refused because someone pushed in between."""
     text = f"{error.stderr} {error.stdout}"
-    return any(w in text for w in ("rejected", "non-fast-forward", "fetch first",
-                                   "failed to update ref", "cannot lock ref"))
+    return any(w in text for w in RACES)
+
+
+def _push_error(error: git.GitCommandError) -> str:
+    """Why a push failed, in one line: the refused refs and what the remote said (a hook's
+    message), rather than git's closing 'failed to push some refs'."""
+    said, refused = [], []
+    for line in f"{error.stderr}\n{error.stdout}".splitlines():
+        line = line.strip().removeprefix("stderr: ").strip("'\" ")
+        if line.startswith("remote:") and line[7:].strip():
+            said.append(line[7:].strip())
+        elif line.startswith("! ["):
+            refused.append(line[2:].strip())
+    return "; ".join([*refused, *said]) or _git_error(error)

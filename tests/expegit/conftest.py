@@ -113,3 +113,14 @@ def records(campaign: Path) -> dict[str, dict]:
 
 def commits(campaign: Path) -> int:
     return int(git(campaign, "rev-list", "--count", "HEAD"))
+
+
+def two_clones(tmp_path: Path, campaign: Path) -> tuple[Path, Path, Path]:
+    """The campaign pushed to a local bare repository, and a second clone of it: (a, b,
+    bare)."""
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(campaign, "remote", "add", "origin", str(bare))
+    expegit("sync", cwd=campaign)
+    expegit("clone", str(bare), "b", cwd=tmp_path)
+    return campaign, tmp_path / "b", bare

@@ -3,23 +3,13 @@ shared file is refused, leaving the clone as it was."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from conftest import assert_clean, assert_refused, expegit, git, records
-
-
-def _two_clones(tmp_path: Path, campaign: Path) -> tuple[Path, Path]:
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    git(campaign, "remote", "add", "origin", str(bare))
-    expegit("sync", cwd=campaign)
-    expegit("clone", str(bare), "b", cwd=tmp_path)
-    return campaign, tmp_path / "b"
+from conftest import assert_clean, assert_refused, expegit, git, records, two_clones
 
 
 def test_records_merge_by_union(tmp_path: Path, campaign: Path, local: str):
-    a, b = _two_clones(tmp_path, campaign)
+    a, b, _ = two_clones(tmp_path, campaign)
     expegit("run", local, "train.sh", "--param", "lr=0.1,0.2", cwd=a)
     expegit("run", local, "train.sh", "--param", "lr=0.3", cwd=b)
     expegit("sync", cwd=a)
@@ -31,7 +21,7 @@ def test_records_merge_by_union(tmp_path: Path, campaign: Path, local: str):
 
 
 def test_conflict_outside_records_is_refused(tmp_path: Path, campaign: Path):
-    a, b = _two_clones(tmp_path, campaign)
+    a, b, _ = two_clones(tmp_path, campaign)
     for clone, text in ((a, "# mine\n"), (b, "# theirs\n")):
         with open(clone / "expegit.yml", "a") as f:
             f.write(text)
