@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from liborchestra.batch import BatchSettings, SweepSource, keep_attempt
+from liborchestra.cleanup import LEFTOVER_STATES, remove_leftovers
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
@@ -23,7 +24,7 @@ from liborchestra.execution import Execution
 from liborchestra.journal import Journal, JournalError, default_name
 from liborchestra.launch import check_runnable
 from liborchestra.profile import load_profile
-from liborchestra.transfer import build_archive
+from liborchestra.transfer import OUTPUT_MARKER, build_archive
 from runaway.batches import check_name, failures, locate, post_failures
 from runaway.progress import Progress, mode_for, run_refreshing
 from runaway.render import Renderer
@@ -96,6 +97,7 @@ def create_batch(args: argparse.Namespace) -> tuple[Journal, dict]:
     sweep = sweep_from_args(args)
     profile = load_profile(args.profile)  # fails now, not after the journal exists
     name = args.name or default_name(args.script.stem)
+    _new_folder(_folder(args, name))
     meta = {
         "name": name, "profile": _profile_ref(args.profile), "script": str(args.script.resolve()),
         "code": str(args.code.resolve()) if args.code else None, "retries": args.retries,
@@ -109,6 +111,34 @@ def create_batch(args: argparse.Namespace) -> tuple[Journal, dict]:
     journal = Journal.create(_folder(args, name) / "journal.sqlite", meta)
     journal.add((str(uuid.uuid4()), p.argv, p.label) for p in sweep)
     return journal, meta
+
+
+def _new_folder(folder: Path) -> None:
+    """A batch folder is marked as results (never shipped as code): it must not already hold
+    the user's own files, or they would vanish from the code shipped."""
+    if folder.is_dir() and not (folder / OUTPUT_MARKER).exists():
+        mine = sorted(p.name for p in folder.iterdir())
+        if mine:
+            raise OrchestraError(f"-o {folder}: holds files that are not a batch's "
+                                 f"({', '.join(mine[:3])}{', ...' if len(mine) > 3 else ''}); "
+                                 "a batch folder is kept out of the code shipped, so give a "
+                                 "new or empty folder")
+
+
+async def _reap(engine: Engine, journal: Journal, meta: dict, renderer: Renderer) -> None:
+    """Kill and remove what interrupted runs left (after a triple Ctrl-C, or a cancel): rows
+    not in flight whose last run may still have a process or a run folder. Each run once
+    (marked `reaped` in the row's payload)."""
+    rows = [r for state in LEFTOVER_STATES for r in journal.rows(state)
+            if r.run and r.node and r.ecode is None and r.payload.get("reaped") != r.run]
+    if not rows:
+        return
+    count = await remove_leftovers(engine, rows, Path(str(meta["script"])))
+    for row in rows:
+        journal.update_payload(row.seq, {**journal.get(row.seq).payload, "reaped": row.run})
+    kept = " (kept: --leave everything)" if meta.get("leave") == "everything" else ""
+    renderer.note(f"cleaned up after {count} interrupted execution(s): processes stopped, run "
+                  f"folders removed{kept}")
 
 
 def _profile_ref(text: str) -> str:
@@ -240,6 +270,7 @@ async def _drive(journal: Journal, meta: dict, renderer: Renderer, signals, json
         async with Engine(profile, leave=str(meta["leave"]),
                           send_ignore=str(meta["send_ignore"]),
                           fetch_ignore=str(meta["fetch_ignore"])) as engine:
+            await _reap(engine, journal, meta, renderer)
             progress = Progress(journal, engine, mode_for(json), renderer.console)
             engine.listeners.append(progress.event)
             driver = Driver(engine, journal, SweepSource(engine, settings),
@@ -286,7 +317,7 @@ async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
         return 0
     profile = load_profile(str(meta["profile"]))
     with journal.lease():  # no driver may resume while this cleans up
-        async with Engine(profile) as engine:
+        async with Engine(profile, leave=str(meta.get("leave") or "code")) as engine:
             for row in journal.in_flight():
                 if row.run and row.node:
                     execution = Execution(script=Path(meta["script"]), uuid=row.run)
@@ -296,8 +327,10 @@ async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
             for allocation in journal.live_allocations():
                 await engine.release_stale(allocation)
                 journal.allocation(allocation, "released", "cancelled")
-        with journal.db:
-            journal.db.execute("UPDATE executions SET state = 'cancelled' WHERE state = 'queued'")
+            with journal.db:
+                journal.db.execute("UPDATE executions SET state = 'cancelled' "
+                                   "WHERE state = 'queued'")
+            await _reap(engine, journal, meta, renderer)
     renderer.note(f"batch {args.name!r} cancelled; `runaway retry {args.name}` runs its "
                   "unfinished executions again")
     return 0

@@ -15,6 +15,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 JOURNAL = "journal.sqlite"
 
 
+def is_name(text: str) -> bool:
+    return bool(_NAME.fullmatch(text)) and ".." not in text
+
+
 def check_name(name: str) -> str:
     """A batch name is one folder name: letters, digits, `.`, `_`, `+`, `-`; no `/` or `..`."""
     if not _NAME.fullmatch(name) or ".." in name:

@@ -7,6 +7,7 @@ execution; 130/143 after Ctrl-C/SIGTERM (remote processes killed first).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from liborchestra.execution import Execution, State
 from liborchestra.launch import check_runnable
 from liborchestra.profile import LEAVE, load_profile
 from liborchestra.results import parse_parameters, write_record
-from runaway import batch_cmd, results_cmd, sched_cmd
+from liborchestra.transfer import OUTPUT_MARKER
+from runaway import batch_cmd, clean_cmd, logs_cmd, results_cmd, sched_cmd
 from runaway.argv import split_script_args
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
@@ -65,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     batch_cmd.add_parsers(sub, _shared)
     results_cmd.add_parsers(sub)
     sched_cmd.add_parser(sub, _shared)
+    logs_cmd.add_parser(sub)
+    clean_cmd.add_parser(sub)
     return top
 
 
@@ -86,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         args.args = [*args.args, *tail]
     renderer = Renderer(verbose=args.verbose)
     commands = {"exec": _exec, "check": _check, "batch": batch_cmd.batch,
-                "retry": batch_cmd.retry, "cancel": batch_cmd.cancel, "sched": sched_cmd.sched}
+                "retry": batch_cmd.retry, "cancel": batch_cmd.cancel, "sched": sched_cmd.sched,
+                "logs": logs_cmd.logs, "clean": clean_cmd.clean}
     try:
         if args.command == "status":
             return batch_cmd.status(args, renderer)
@@ -120,6 +125,7 @@ async def _exec(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> 
     output = args.output or Path("runs") / execution.uuid
     execution = Execution(script=script, args=args.args, code=code, stream=True,
                           output=output.resolve(), uuid=execution.uuid)
+    _own_files_note(execution.output, execution.code_dir, renderer)
     started: list[events.ExecutionStarted] = []
 
     def seen(event: events.Event) -> None:
@@ -145,6 +151,17 @@ async def _exec(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> 
     if args.no_ecode:
         return 0
     return result.ecode if result.ecode is not None else EXIT_LOST
+
+
+def _own_files_note(output: Path, code: Path, renderer: Renderer) -> None:
+    """A results folder that already holds the user's files is not marked as results (they
+    would vanish from the code shipped next): say what that means."""
+    if (output / OUTPUT_MARKER).exists() or not output.is_dir() or not any(output.iterdir()):
+        return
+    if output.is_relative_to(code):
+        renderer.note(f"-o {os.path.relpath(output)} holds files of yours: it is not marked as "
+                      "results, so it stays in the code shipped, with what this run writes "
+                      "there; give a new folder to keep results apart")
 
 
 async def _check(args: argparse.Namespace, renderer: Renderer, _: Interrupts) -> int:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from liborchestra import events
 from liborchestra.check import CheckLine
 from liborchestra.execution import Result, State
+from liborchestra.transfer import CODE_CACHE_KEEP, OUTPUT_MARKER, CodeLarge, CodeLeftOut, CodePruned
 
 
 class Renderer:
@@ -30,6 +31,8 @@ class Renderer:
             stream.flush()
         elif isinstance(event, events.ConnectionProblem):
             self.note(f"{event.host}: {event.message}; recovering")
+        elif code_note(event):
+            self.note(code_note(event) or "")
         elif self.verbose:
             self.note(_describe(event))
 
@@ -56,3 +59,44 @@ def _describe(event: events.Event) -> str:
     if isinstance(event, events.ExecutionFinished):
         return f"finished {event.result.execution.uuid}: {event.result.state.value}"
     return repr(event)
+
+
+def size(count: float) -> str:
+    """Bytes for people: 512 B, 3.2 kB, 41.0 MB, 1.3 GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+def code_note(event: object) -> str | None:
+    """What to tell about the code shipped: what was left out, a large archive, pruning."""
+    if isinstance(event, CodeLeftOut):
+        return (f"left out of the code shipped (results folders, marked {OUTPUT_MARKER}): "
+                f"{_folders(event.folders)}; delete the marker file to ship one")
+    if isinstance(event, CodeLarge):
+        biggest = ", ".join(f"{path} {size(n)}" for path, n in event.biggest)
+        return (f"warning: shipping {size(event.size)} of code ({event.files} files); biggest: "
+                f"{biggest}. List what the runs do not need in .sendignore (globs, one a line)")
+    if isinstance(event, CodePruned):
+        total = sum(n for _, n in event.removed)
+        return (f"code cache on {event.filesystem}: removed {len(event.removed)} older "
+                f"archive(s) ({size(total)}); it keeps the {CODE_CACHE_KEEP} most recently "
+                "used (`runaway clean PROFILE` lists them)")
+    return None
+
+
+def _folders(paths: tuple[str, ...], limit: int = 3) -> str:
+    """Folders, with many siblings summed up as `parent/* (N folders)`."""
+    by_parent: dict[str, list[str]] = {}
+    for path in paths:
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        by_parent.setdefault(parent, []).append(path)
+    parts = []
+    for parent, children in by_parent.items():
+        if parent and len(children) > limit:
+            parts.append(f"{parent}/* ({len(children)} folders)")
+        else:
+            parts += [f"{c}/" for c in children]
+    return ", ".join(parts)
