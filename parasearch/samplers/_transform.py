@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from parasearch.space import Categorical, Fidelity, Integer, Normal, Real, Space
 
@@ -118,6 +117,8 @@ def _encode(dim: Any, value: Any) -> float:
             return ((left + right) / 2 - lo) / (hi - lo)
         return (value - dim.low + 0.5) / (dim.high - dim.low + 1)
     if isinstance(dim, Normal):
+        from scipy.special import ndtr  # only normal priors need it (scipy: ~0.5 s to import)
+
         return float(np.clip(ndtr((value - dim.mu) / dim.sigma), _NORMAL_EPS, 1 - _NORMAL_EPS))
     raise TypeError(f"cannot encode {dim!r}")
 
@@ -139,6 +140,8 @@ def _decode(dim: Any, u: float) -> Any:
             value = dim.low + math.floor(u * (dim.high - dim.low + 1))
         return int(min(max(value, dim.low), dim.high))
     if isinstance(dim, Normal):
+        from scipy.special import ndtri
+
         u = min(max(u, _NORMAL_EPS), 1 - _NORMAL_EPS)
         value = dim.mu + dim.sigma * float(ndtri(u))
         return int(round(value)) if dim.discrete else value
