@@ -40,6 +40,9 @@ class Record:
     started: float | None = None
     ended: float | None = None
     duration: float | None = None  # seconds the script ran
+    # started by a driver that died, collected on --resume: `started` is exact, `ended` is
+    # when its results were fetched (exact only if it still ran then)
+    recovered: bool = False
     features: tuple[float, ...] = attrs.field(default=(), converter=tuple)
     metrics: dict = attrs.field(factory=dict)
     message: str = ""

@@ -5,6 +5,10 @@ The driver owns resume, recovery, retries and drain; this module only says how a
 becomes an execution of the exported code, and how a result becomes a record. `done` is
 idempotent: called again for a row after a crash, it rewrites the same folder and the commit
 finds nothing new or records it now.
+
+Times: the moment an execution starts on its slot is also written into its journal row's
+payload (`started_at`), so that a driver resumed after a crash knows when the executions it
+recovers started (the engine's result of a recovery only knows when it was collected).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from liborchestra.driver import Driver, Source
 from liborchestra.execution import Execution, Result
 from liborchestra.journal import Row
 from liborchestra.sched import find_features
+
+STARTED_AT = "started_at"  # journal payload key: when the current run started on its slot
 
 
 @attrs.frozen
@@ -62,10 +68,13 @@ class CampaignSource(Source):
         self.committer = committer or GroupCommitter(campaign, settings.name)
         self._submitted: dict[str, float] = {}
         self._started: dict[str, float] = {}
+        self._seqs: dict[str, int] = {}  # run id -> journal row, until it starts
+        self._journal = None
         self._by = user_at_host()
 
     @contextlib.asynccontextmanager
     async def open(self, driver: Driver) -> AsyncIterator[None]:
+        self._journal = driver.journal
         driver.engine.listeners.append(self._on_event)
         await anyio.to_thread.run_sync(commit_leftovers, self.campaign, self.settings.name)
         async with anyio.create_task_group() as tg:
@@ -79,13 +88,19 @@ class CampaignSource(Source):
     def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
         self._submitted.setdefault(row.uuid, time.time())
+        self._seqs[run_id] = row.seq
         return Execution(script=s.tree / s.script, args=row.argv, code=s.tree, uuid=run_id,
                          output=self.campaign.runs / row.uuid, duration=s.duration,
                          ship=s.ship)
 
     def _on_event(self, event: events.Event) -> None:
         if isinstance(event, events.ExecutionStarted):
-            self._started[event.uuid.split(".", 1)[0]] = time.time()
+            now = time.time()
+            self._started[event.uuid.split(".", 1)[0]] = now
+            seq = self._seqs.pop(event.uuid, None)
+            if seq is not None and self._journal is not None:
+                payload = self._journal.get(seq).payload
+                self._journal.update_payload(seq, {**payload, STARTED_AT: now})
 
     async def done(self, row: Row, result: Result) -> None:
         folder = self.campaign.runs / row.uuid
@@ -112,21 +127,40 @@ class CampaignSource(Source):
         settings = self.campaign.settings
         large = large_files(folder, settings.large_threshold, settings.large) \
             if settings.annex else []
-        started = self._started.get(row.uuid)
-        duration = (result.finished - result.started) \
-            if result.started is not None and result.finished is not None else None
+        submitted, started, ended, duration, recovered = self._times(row, result, folder)
         made = records.Record(
             id=row.uuid, commit=s.commit, patch=s.patch, script=s.script, arguments=row.argv,
             label=row.label, parameters=records.parse_parameters(row.argv), profile=s.profile,
             state=result.state.value, exit_code=result.ecode, node=result.node or row.node,
             slot=result.slot or row.slot, allocation=row.allocation,
-            submitted=self._submitted.get(row.uuid), started=started,
-            ended=time.time() if started is not None else None, duration=duration,
+            submitted=submitted, started=started, ended=ended, duration=duration,
+            recovered=recovered,
             features=features, metrics=metrics, message=message, attempts=row.attempts,
             run=s.name, rerun_of=row.payload.get("rerun_of"), by=self._by, tool=__version__,
             large=tuple(large))
         records.write(folder, made)
         return made
+
+
+    def _times(self, row: Row, result: Result, folder: Path) -> tuple:
+        """(submitted, started, ended, duration, recovered) of a final result. An execution
+        this driver did not see start was started by an earlier one (recovered on resume, or
+        recorded again after a crash): its start is the one that driver journaled, and its
+        end when its results were fetched (the mtime of the `ecode` file the engine writes
+        then) — the end itself when it still ran at resume, else an upper bound."""
+        started = self._started.get(row.uuid)
+        if started is not None:
+            ended = result.finished if result.finished is not None else time.time()
+            duration = (result.finished - result.started) \
+                if result.started is not None and result.finished is not None else None
+            return self._submitted.get(row.uuid), started, ended, duration, False
+        started = row.payload.get(STARTED_AT) or row.started
+        try:
+            ended = (folder / "ecode").stat().st_mtime
+        except OSError:
+            ended = result.finished
+        duration = ended - started if started is not None and ended is not None else None
+        return row.started, started, ended, duration, True
 
 
 def _text(path: Path) -> str:
