@@ -1,0 +1,98 @@
+"""After a triple Ctrl-C (the third press exits at once, before the remote processes are
+killed and their run folders removed), `cancel`, `--resume` and `retry` clean up what the
+interrupted runs left, and `clean` finds it (local profile, real processes and signals)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.helpers import local_profile, wait_started, write_script
+from tests.runaway.test_batch import journal, runaway
+
+
+def _procs(marker: str) -> list[str]:
+    """Command lines of this machine's processes that mention marker."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in line and "pytest" not in line:
+            out.append(line)
+    return out
+
+
+def _triple_interrupt(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """A batch of two executions that ignore SIGTERM (so the kill of the second Ctrl-C is
+    still waiting out its grace), interrupted three times: it exits at once."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    script = write_script(tmp_path / "code", f"stubborn-{uuid.uuid4().hex[:8]}.sh", f"""\
+        #!/usr/bin/env bash
+        trap '' TERM
+        while [ -e {gate} ]; do sleep 0.1; done
+        echo "done $1"
+        """)
+    profile = local_profile(tmp_path, slots=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", name,
+         "--json", "--", "{1;2}"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    wait_started(proc, 2)
+    runs = tmp_path / "remote/runs"
+    while len(list(runs.glob("*/.orchestra/pid"))) < 2:
+        time.sleep(0.1)
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.7)
+    assert proc.wait(timeout=30) == 130
+    assert len(list(runs.iterdir())) == 2  # left behind
+    return profile, script, gate
+
+
+def test_cancel_after_a_triple_ctrl_c_removes_what_the_runs_left(tmp_path):
+    profile, script, gate = _triple_interrupt(tmp_path, "t")
+    try:
+        _cancel_cleans_up(tmp_path, profile, script, gate)
+    finally:
+        gate.unlink(missing_ok=True)  # whatever survived ends
+
+
+def _cancel_cleans_up(tmp_path: Path, profile: Path, script: Path, gate: Path) -> None:
+    runs = tmp_path / "remote/runs"
+    found = runaway("clean", profile, "--dry-run", cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert "t #1" in found.stdout and "t #2" in found.stdout  # found, with their batch
+    cancelled = runaway("cancel", "t", cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cleaned up after 2 interrupted execution(s)" in cancelled.stderr
+    assert list(runs.iterdir()) == []
+    assert _procs(script.name) == []  # and nothing of them runs
+    again = runaway("cancel", "t", cwd=tmp_path)  # once is enough
+    assert again.returncode == 0 and "cleaned up" not in again.stderr
+    gate.unlink()
+    retried = runaway("retry", "t", cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert [r[2] for r in journal(tmp_path / "batch/t")] == ["completed"] * 2
+    assert list(runs.iterdir()) == []
+
+
+def test_resume_after_a_triple_ctrl_c_removes_what_the_runs_left(tmp_path):
+    _, script, gate = _triple_interrupt(tmp_path, "r")
+    runs = tmp_path / "remote/runs"
+    try:
+        assert len(_procs(script.name)) == 2  # still running, past the triple Ctrl-C
+    finally:
+        gate.unlink()
+    resumed = runaway("batch", "--resume", "--name", "r", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "cleaned up after 2 interrupted execution(s)" in resumed.stderr
+    assert [r[2] for r in journal(tmp_path / "batch/r")] == ["completed"] * 2
+    assert list(runs.iterdir()) == []  # the interrupted runs' folders too, not only the new
+    assert _procs(script.name) == []
