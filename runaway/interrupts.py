@@ -35,15 +35,18 @@ class Interrupts:
     async def run(self, command: Callable[..., Awaitable[int]], *args: object) -> int:
         outcome: list[int] = []
         failure: list[OrchestraError] = []
+        working = anyio.CancelScope()  # cancelled by the second press; the watch goes on,
+        # so that a third press during the cleanup still exits at once
         async with anyio.create_task_group() as tg:
             async def watch() -> None:
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
-                        self._press(signum, tg.cancel_scope)
+                        self._press(signum, working)
 
             async def work() -> None:
                 try:
-                    outcome.append(await command(*args, self))
+                    with working:
+                        outcome.append(await command(*args, self))
                 except Exception as error:  # task groups wrap errors: find ours inside
                     inner = _single(error)
                     if not isinstance(inner, OrchestraError):

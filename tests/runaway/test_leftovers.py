@@ -52,6 +52,7 @@ def _triple_interrupt(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
         proc.send_signal(signal.SIGINT)
         time.sleep(0.7)
     assert proc.wait(timeout=30) == 130
+    assert "interrupted again: exiting without cleanup" in proc.stderr.read()
     assert len(list(runs.iterdir())) == 2  # left behind
     return profile, script, gate
 
