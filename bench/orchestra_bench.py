@@ -15,6 +15,11 @@ streams (SSE) open; its RSS is sampled every second. The default is a 60 s slice
 `--full` lets it run to the end.
 
     .venv/bin/python bench/orchestra_bench.py running [--seconds 60] [--full] [--by runaway]
+
+campaign: a campaign made by `expegit init` with ROWS records written by expegit's own
+`record.write`; the first page's time (its index filled) and each page's median.
+
+    .venv/bin/python bench/orchestra_bench.py campaign [ROWS] [REPEATS]
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ def main() -> None:
     if argv and argv[0] == "running":
         running(argv[1:])
         return
+    if argv and argv[0] == "campaign":
+        campaign(argv[1:])
+        return
     if argv and argv[0] == "pages":
         argv = argv[1:]
     rows = int(argv[0]) if argv else 100_000
@@ -107,7 +115,73 @@ def main() -> None:
                   f"{repeats * len(pages)} of them")
 
 
-# -- while a batch runs ---------------------------------------------------------------------------
+# -- a big campaign ------------------------------------------------------------------------
+
+def campaign(argv: list[str]) -> None:
+    """A campaign made by `expegit init`, holding ROWS records written by expegit's own
+    `record.write` (as `expegit run` leaves them); the first page (the index filled from the
+    records) and then each page REPEATS times."""
+    import random
+    import subprocess as sp
+
+    from expegit.record import Record, write
+
+    rows = int(argv[0]) if argv else 100_000
+    repeats = int(argv[1]) if len(argv) > 1 else 10
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        code = root / "code"
+        code.mkdir()
+        env = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+               "GIT_COMMITTER_EMAIL": "b@b", "PATH": "/usr/bin:/bin"}
+        (code / "train.sh").write_text("#!/bin/sh\ntrue\n")
+        for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "c"]):
+            sp.run(["git", *args], cwd=code, check=True, env=env)
+        folder = root / "served" / "study"
+        sp.run([sys.executable, "-m", "expegit", "init", str(folder), "--code", str(code),
+                "--no-annex"], check=True, capture_output=True)
+        commit = sp.run(["git", "rev-parse", "HEAD"], cwd=code, check=True, text=True,
+                        capture_output=True).stdout.strip()
+        started = time.perf_counter()
+        rng, now = random.Random(1), time.time()
+        for i in range(rows):
+            rid = str(uuid.UUID(int=rng.getrandbits(128)))
+            state = "failed" if i % 50 == 0 else "completed"
+            write(folder / "runs" / rid, Record(
+                id=rid, commit=commit, script="train.sh", profile="local",
+                arguments=(f"--lr={i % 97}", f"--seed={i}"), label=f"--lr={i % 97} --seed={i}",
+                parameters={"lr": i % 97, "seed": i}, state=state,
+                exit_code=1 if state == "failed" else 0, node=f"node{i % 3}", slot=str(i % 8),
+                started=now + i * 0.01, ended=now + i * 0.01 + i % 7, duration=i % 7))
+        print(f"campaign of {rows} records written in {time.perf_counter() - started:.1f} s")
+        cid = entry_id((folder / "expegit.yml").resolve())
+        one = next(iter((folder / "runs").glob("*-*"))).name
+        pages = {"campaign, page 1": f"/campaign/{cid}",
+                 "campaign, last page": f"/campaign/{cid}?page={(rows + 49) // 50}",
+                 "filter state=failed": f"/campaign/{cid}?state=failed",
+                 "filter parameter --seed=4242": f"/campaign/{cid}?q=--seed%3D4242",
+                 "sort by duration, desc": f"/campaign/{cid}?sort=duration&desc=1",
+                 "an execution": f"/campaign/{cid}/{one}", "overview": "/"}
+        with serving(root / "served") as server:
+            before = _rss_mb(server.proc.pid)
+            t = time.perf_counter()
+            assert server.get(f"/campaign/{cid}").status == 200
+            print(f"first page (the index filled from {rows} records): "
+                  f"{time.perf_counter() - t:.1f} s; server RSS {before:.0f} -> "
+                  f"{_rss_mb(server.proc.pid):.0f} MB")
+            print(f"{'page':32s} {'median':>9s} {'max':>9s}")
+            for name, url in pages.items():
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    assert server.get(url).status == 200, url
+                    times.append(time.perf_counter() - t)
+                print(f"{name:32s} {1000 * statistics.median(times):7.1f}ms "
+                      f"{1000 * max(times):7.1f}ms")
+            print(f"server RSS after: {_rss_mb(server.proc.pid):.0f} MB")
+
+
+# -- while a batch runs --------------------------------------------------------------------
 
 PAGES = ("overview", "batch, page 1", "batch, last page", "execution #1")
 

@@ -98,6 +98,8 @@ def create_app(roots: list[Path], token: str | None = None, rescan: float = 2.0)
         Route("/batch/{id}/{seq:int}/files/{path:path}", pages.file),
         Route("/campaign/{id}", campaign_page.campaign),
         Route("/campaign/{id}/events", campaign_page.events),
+        Route("/campaign/{id}/retry", campaign_page.retry, methods=["POST"]),
+        Route("/campaign/{id}/cancel", campaign_page.cancel, methods=["POST"]),
         Route("/campaign/{id}/{run}", campaign_page.execution),
         Route("/campaign/{id}/{run}/patch", campaign_page.patch),
         Route("/campaign/{id}/{run}/files/{path:path}", campaign_page.file),

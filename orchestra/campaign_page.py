@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
+from liborchestra.errors import OrchestraError
 from orchestra import files, records
 from orchestra.campaigns import SORTS, Index
 from orchestra.discovery import Entry
 from orchestra.live import event_stream
-from orchestra.pages import entry_of, execution_context, file_response, render, table_context
+from orchestra.pages import (
+    entry_of,
+    execution_context,
+    file_response,
+    posted,
+    render,
+    table_context,
+)
 
 
 def _campaign(request: Request) -> tuple[Entry, Index]:
@@ -24,8 +32,12 @@ def _campaign(request: Request) -> tuple[Entry, Index]:
 
 def _table(request: Request, entry: Entry, index: Index) -> dict:
     query = records.Query.parse(dict(request.query_params), sorts=SORTS, default="started")
-    return table_context(entry, index.summary(), query, index.page(query), list(SORTS),
-                         f"/campaign/{entry.id}", key="uuid")
+    here = request.app.state.runs.under(entry.folder)
+    return {**table_context(entry, index.summary(), query, index.page(query), list(SORTS),
+                            f"/campaign/{entry.id}", key="uuid"),
+            "driven_here": bool(here),
+            "run_error": next((r.error for r in request.app.state.runs.runs.values()
+                               if r.error and r.path.is_relative_to(entry.folder)), None)}
 
 
 async def campaign(request: Request) -> Response:
@@ -94,3 +106,33 @@ async def patch(request: Request) -> Response:
         return path
 
     return file_response(request, await anyio.to_thread.run_sync(find))
+
+
+async def retry(request: Request) -> Response:
+    """`expegit rerun --failed`, driven by this server."""
+    entry, index = _campaign(request)
+    await posted(request)
+    runs = request.app.state.runs
+    if runs.under(entry.folder):
+        raise records.Conflict("a run of this campaign is going on here: wait, or cancel it")
+    try:
+        runs.rerun_failed(entry.folder)  # in the loop: it starts tasks in the server's group
+    except OrchestraError as error:
+        raise records.Conflict(str(error)) from None
+    index.refresh(force=True)
+    return RedirectResponse(f"/campaign/{entry.id}", status_code=303)
+
+
+async def cancel(request: Request) -> Response:
+    """The campaign's runs this server drives are cancelled (running executions killed and
+    queued again, as a second Ctrl-C does to `expegit run`)."""
+    entry, _ = _campaign(request)
+    await posted(request)
+    runs = request.app.state.runs
+    here = runs.under(entry.folder)
+    if not here:
+        raise records.Conflict("no run of this campaign is driven by this server (stop an "
+                               "`expegit run` started elsewhere with its Ctrl-C)")
+    for run in here:
+        runs.cancel(run.path)
+    return RedirectResponse(f"/campaign/{entry.id}", status_code=303)

@@ -2,8 +2,10 @@
 `record.read`), and the executions its `expegit run` drivers have in flight now (read from their
 journals with liborchestra's Journal).
 
-A campaign holds one folder per execution and no database, so each campaign gets an index: an
-in-memory SQLite table with the columns of a journal's `executions`, filled once from the
+A campaign holds one folder per execution and no database, so each campaign gets an index: a
+private SQLite table (a temporary database SQLite keeps on disk and deletes on close, so the
+server's memory does not grow with the campaign) with the columns of a journal's `executions`,
+filled once from the
 records and then only with the folders that are new since the last look (a record, written
 last and atomically, never changes afterwards; a folder that went away was removed). Pages are
 then answered by the same filtered, sorted, paged query as a batch's (`records.page`).
@@ -73,7 +75,7 @@ class Index:
             self.campaign = Campaign(root)
         except (CampaignError, OSError, ValueError) as error:
             raise records.NotFound(f"{root}: not a readable campaign ({error})") from None
-        self.db = sqlite3.connect(":memory:", check_same_thread=False)
+        self.db = sqlite3.connect("", check_same_thread=False)  # "": a temporary file
         self.db.executescript(_TABLE)
         self.lock = threading.RLock()
         self.recorded: set[str] = set()
@@ -113,7 +115,8 @@ class Index:
         gone = self.recorded - names
         fresh = []
         for name in names - self.recorded:
-            if not os.path.isfile(os.path.join(runs, name, RECORD)):
+            if os.path.islink(os.path.join(runs, name)) or \
+                    not os.path.isfile(os.path.join(runs, name, RECORD)):
                 continue  # in flight, or its recording has not finished
             try:
                 fresh.append(read(runs / name))
@@ -241,8 +244,9 @@ class Index:
         """The stored patch a dirty execution ran with (expegit keeps it under patches/)."""
         if not digest or not _HEX.fullmatch(digest):
             return None
-        path = self.campaign.root / PATCHES / f"{digest}.patch"
-        return path if path.is_file() and not path.is_symlink() else None
+        root = self.campaign.root.resolve()
+        path = (root / PATCHES / f"{digest}.patch").resolve()
+        return path if path.is_relative_to(root / PATCHES) and path.is_file() else None
 
     def close(self) -> None:
         self.db.close()

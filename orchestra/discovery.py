@@ -70,22 +70,33 @@ def _entry(folder: Path, files: list[str] | set[str]) -> Entry | None:
     return Entry(_kind(folder, files), folder.name, path, entry_id(path))
 
 
+def _marks(folder: Path) -> set[str]:
+    """The record files `folder` holds, by one stat each: a record's folder (a batch's holds
+    a folder per execution) is never listed."""
+    return {name for name in (CAMPAIGN, JOURNAL, SEARCH) if os.path.isfile(folder / name)}
+
+
 def scan(roots: list[Path]) -> list[Entry]:
-    """Every record under `roots`, sorted by kind then name."""
+    """Every record under `roots`, sorted by kind then name (symlinked folders not followed,
+    hidden and tool folders skipped, at most MAX_DEPTH deep)."""
     found: dict[Path, Entry] = {}
     for root in roots:
-        root = root.resolve()
-        base = len(root.parts)
-        for folder, dirs, files in os.walk(root):
-            here = Path(folder)
-            entry = _entry(here, set(files))
+        stack = [(root.resolve(), 0)]
+        while stack:
+            here, depth = stack.pop()
+            entry = _entry(here, _marks(here))
             if entry is not None:
                 found[entry.path] = entry
-                dirs.clear()  # its execution folders hold no records
                 continue
-            if len(here.parts) - base >= MAX_DEPTH:
-                dirs.clear()
-            dirs[:] = [d for d in dirs if d not in SKIP and not d.startswith(".")]
+            if depth >= MAX_DEPTH:
+                continue
+            try:
+                with os.scandir(here) as entries:
+                    below = [e.name for e in entries if e.is_dir(follow_symlinks=False)
+                             and e.name not in SKIP and not e.name.startswith(".")]
+            except OSError:
+                continue
+            stack += [(here / name, depth + 1) for name in below]
     return sorted(found.values(), key=lambda e: (e.kind, e.name, str(e.path)))
 
 
@@ -115,7 +126,7 @@ class Catalog:
 
     def add(self, path: Path) -> Entry:
         folder = path.resolve().parent
-        entry = _entry(folder, {f.name for f in folder.iterdir() if f.is_file()})
+        entry = _entry(folder, _marks(folder))
         assert entry is not None, folder
         with self._lock:
             self._entries[entry.id] = entry

@@ -1,5 +1,6 @@
-"""Runs the server drives itself: batches and searches started from the launch form, and
-batches retried from their page, each in a task of the server's own event loop.
+"""Runs the server drives itself: batches, searches and campaign runs started from the launch
+form, and batches and campaigns retried from their page, each in a task of the server's own
+event loop.
 
 A form becomes the very argv the command line would get, parsed by runaway's or parasearch's
 own parser and created by their own `create_batch` and `create_search`, so a batch launched
@@ -14,6 +15,7 @@ import contextlib
 import io
 import logging
 import shlex
+import uuid as uuidlib
 from pathlib import Path
 
 import anyio
@@ -42,6 +44,7 @@ class Run:
     path: Path
     kind: str
     driver: Driver | None = None
+    campaign: object = None  # an expegit Campaign, for a campaign's run
     done: bool = False
     error: str | None = None
 
@@ -100,6 +103,20 @@ def search_argv(fields: dict[str, str], folder: Path) -> list[str]:
     return [*argv, "--", *priors]
 
 
+def campaign_argv(fields: dict[str, str]) -> list[str]:
+    """The `expegit run` command line of a launch form (script relative to code/)."""
+    _required(fields, "profile", "script")
+    argv = ["run", fields["profile"].strip(), fields["script"].strip()]
+    for flag, key in (("--name", "name"), ("--commit", "commit"), ("--repeats", "repeats")):
+        if fields.get(key, "").strip():
+            argv += [flag, fields[key].strip()]
+    for line in fields.get("params", "").splitlines():
+        if line.strip():
+            argv += ["--param", line.strip()]
+    template = fields.get("template", "").strip()
+    return argv + (["--", template] if template else [])
+
+
 class Runs:
     """The runs this server drives, in one task group owned by the server's lifespan."""
 
@@ -143,6 +160,54 @@ class Runs:
         store.close()
         return self._start(journal, "search")
 
+    def start_campaign(self, fields: dict[str, str], root: Path) -> Path:
+        """`expegit run` in the campaign at `root`: its own parser, checks and `new_run`."""
+        from expegit.campaign import Campaign
+        from expegit.cli import parser
+        from expegit.run import Plan, new_run
+        from runaway.sweep_args import sweep_from_args
+
+        argv = campaign_argv(fields)
+        cut = argv.index("--") if "--" in argv else len(argv)
+        args = _parsed(parser(), argv[:cut])
+        args.template = [*args.template, *argv[cut + 1:]]
+        campaign = Campaign.open(root)
+        plan = Plan(profile=args.profile, script=args.script, rev=args.commit, name=args.name)
+        return self._start(new_run(campaign, plan, sweep_from_args(args)), "campaign",
+                           campaign)
+
+    def rerun_failed(self, root: Path) -> int:
+        """`expegit rerun --failed` composed from expegit's public calls: the failed and lost
+        records, grouped by script, profile, commit and patch, each group a new run (its rows
+        linked by `rerun_of`) driven here. Returns how many executions."""
+        from expegit.campaign import Campaign
+        from expegit.code import CodeVersion, export
+        from expegit.record import all_records
+        from expegit.run import Plan, new_run
+
+        campaign = Campaign.open(root)
+        groups: dict[tuple, list] = {}
+        for rec in all_records(campaign.runs):
+            if rec.state in ("failed", "lost"):
+                groups.setdefault((rec.script, rec.profile, rec.commit, rec.patch),
+                                  []).append(rec)
+        if not groups:
+            raise LaunchError("no failed or lost execution to run again")
+        for (script, profile, commit, patch), recs in groups.items():
+            if patch:
+                export(campaign, CodeVersion(commit, patch))
+            rows = [(str(uuidlib.uuid4()), r.arguments, r.label, {"rerun_of": r.id})
+                    for r in recs]
+            plan = Plan(profile=profile, script=script, rev=commit)
+            self._start(new_run(campaign, plan, None, rows=rows, patch=patch), "campaign",
+                        campaign)
+        return sum(len(v) for v in groups.values())
+
+    def under(self, folder: Path) -> list[Run]:
+        """The runs driven here now whose journal lies under `folder`."""
+        base = folder.resolve()
+        return [r for r in self.runs.values() if not r.done and r.path.is_relative_to(base)]
+
     def retry(self, path: Path, states: list[str]) -> int:
         """`runaway retry`'s library calls: each chosen execution's last attempt kept aside
         (`keep_attempt`), the rows queued again, the canary judged again; driven here."""
@@ -159,9 +224,9 @@ class Runs:
         self._start(journal, "batch")
         return count
 
-    def _start(self, journal: Journal, kind: str) -> Path:
+    def _start(self, journal: Journal, kind: str, campaign: object = None) -> Path:
         path = journal.path.resolve()
-        run = Run(path, kind)
+        run = Run(path, kind, campaign=campaign)
         self.runs[path] = run
         self.tg.start_soon(self._drive, journal, run)
         return path
@@ -186,6 +251,9 @@ class Runs:
 
     async def _drive(self, journal: Journal, run: Run) -> None:
         try:
+            if run.kind == "campaign":  # expegit's drive takes the journal's lease itself
+                await self._campaign(journal, run)
+                return
             with journal.lease():
                 meta = journal.meta()
                 if run.kind == "search":
@@ -213,6 +281,14 @@ class Runs:
             run.driver = Driver(engine, journal, SweepSource(engine, settings),
                                 Policy.from_meta(meta))
             await run.driver.run()
+
+    async def _campaign(self, journal: Journal, run: Run) -> None:
+        from expegit.run import drive
+
+        def started(driver: Driver, engine: Engine) -> None:
+            run.driver = driver
+
+        await drive(run.campaign, journal, started=started)
 
     async def _search(self, journal: Journal, meta: dict, run: Run) -> None:
         from parasearch.cli import _settings

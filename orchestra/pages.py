@@ -68,7 +68,7 @@ def _run_info(request: Request, entry: Entry) -> dict:
             "run_error": run.error if run is not None else None}
 
 
-async def _posted(request: Request) -> dict[str, str]:
+async def posted(request: Request) -> dict[str, str]:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not check_csrf(request, fields.get(CSRF_FIELD), request.app.state.csrf):
@@ -168,7 +168,7 @@ async def batch_events(request: Request) -> Response:
 
 async def retry(request: Request) -> Response:
     entry = entry_of(request)
-    fields = await _posted(request)
+    fields = await posted(request)
     if entry.kind != "batch":
         raise records.BadRequest(f"a {entry.kind} cannot be retried from here")
     states = [s for s in ("failed", "lost", "cancelled") if fields.get(s)] or ["failed"]
@@ -183,7 +183,7 @@ async def cancel(request: Request) -> Response:
     """`runaway cancel`: the driver is asked to stop (ours directly; another process's by the
     signal runaway sends); with no driver, what was left in flight is killed."""
     entry = entry_of(request)
-    await _posted(request)
+    await posted(request)
     runs = request.app.state.runs
     if not runs.cancel(entry.path):
         if entry.kind != "batch":
@@ -277,20 +277,32 @@ async def file(request: Request) -> Response:
 
 # -- launch ------------------------------------------------------------------------------------
 
+def _launch_page(request: Request, fields: dict[str, str], error: str | None,
+                 status: int = 200) -> Response:
+    campaigns = [e for e in request.app.state.catalog.entries() if e.kind == "campaign"]
+    return render(request, "launch.html", status=status, fields=fields, error=error,
+                  algos=ALGOS, home=str(request.app.state.runs.home), campaigns=campaigns)
+
+
 async def launch_form(request: Request) -> Response:
-    return render(request, "launch.html", fields={}, error=None, algos=ALGOS,
-                  home=str(request.app.state.runs.home))
+    fields = {k: v for k, v in request.query_params.items() if k in ("kind", "campaign")}
+    return await anyio.to_thread.run_sync(_launch_page, request, fields, None)
 
 
 async def launch(request: Request) -> Response:
-    fields = await _posted(request)
+    fields = await posted(request)
     runs = request.app.state.runs
     kind = fields.get("kind", "batch")
     try:
+        if kind == "campaign":
+            entry = request.app.state.catalog.get(fields.get("campaign", ""))
+            if entry is None or entry.kind != "campaign":
+                raise OrchestraError("campaign: choose one of the campaigns found")
+            runs.start_campaign(fields, entry.folder)
+            return RedirectResponse(f"/campaign/{entry.id}", status_code=303)
         path = runs.start_search(fields) if kind == "search" else runs.start_batch(fields)
     except OrchestraError as error:
-        return render(request, "launch.html", status=400, fields=fields, error=str(error),
-                      algos=ALGOS, home=str(runs.home))
+        return _launch_page(request, fields, str(error), status=400)
     entry = request.app.state.catalog.add(path)
     target = "search" if entry.kind == "search" else "batch"
     return RedirectResponse(f"/{target}/{entry.id}", status_code=303)

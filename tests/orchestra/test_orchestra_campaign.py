@@ -57,6 +57,7 @@ def camp(tmp_path_factory):
     (out / "escape").symlink_to("/etc/passwd")
     (out / "outside").symlink_to(root)
     (out / "inside").symlink_to(out / "stdout")
+    (folder / "runs" / "linked").symlink_to(root)  # a record folder that points out
     make_batch(root / "batch" / "neighbour", ["x"], ["completed"])
     with serving(root) as server:
         yield server, folder, recs, first
@@ -140,10 +141,11 @@ def test_campaign_file_views_stay_inside_the_record_folder(camp, path):
 
 
 @pytest.mark.parametrize("run", ["..", "%2e%2e", ".git", "..%2f..%2f", "%2e", "nosuch",
-                                 ".gitkeep"])
+                                 ".gitkeep", "linked", "%2fetc", "x%00"])
 def test_campaign_record_names_cannot_leave_runs(camp, run):
     server, folder, _, _ = camp
-    for tail in ("", "/files/expegit.yml", "/files/stdout", "/patch"):
+    for tail in ("", "/files/expegit.yml", "/files/stdout", "/files/study/expegit.yml",
+                 "/patch"):
         answer = server.get(f"/campaign/{cid(folder)}/{run}{tail}")
         assert answer.status == 404, (run, tail, answer.status)
         assert "schema" not in answer.body
@@ -253,3 +255,68 @@ def test_in_the_browser_click_through_a_campaign_while_it_runs(tmp_path, page):
         assert "careful with --lr=0.7" in page.inner_text("body")
     assert all((shots / f).stat().st_size > 5000 for f in
                ("campaign.png", "campaign-running.png", "campaign-execution.png"))
+
+
+def test_launch_a_campaign_run_at_a_commit_then_run_its_failures_again(tmp_path):
+    """The form's campaign run at an older commit; its failures run again from the page, at
+    the commit they ran, linked to their records; the forms refuse forged posts."""
+    marker = tmp_path / "marker"
+    flaky = f'#!/usr/bin/env bash\ntest -e {marker} || exit 3\necho "VERSION ok $*"\n'
+    folder = make_campaign(tmp_path / "served" / "flaky", {"job.sh": flaky.replace(
+        "VERSION", "v1")})
+    first = git(folder / "code", "rev-parse", "HEAD").strip()
+    (folder / "code" / "job.sh").write_text(flaky.replace("VERSION", "v2"))
+    git(folder / "code", "commit", "-q", "-am", "v2")
+    profile = str(local_profile(tmp_path / "profile", slots=2))
+    url = f"/campaign/{cid(folder)}"
+    with serving(tmp_path / "served") as server:
+        form = server.get(f"/launch?kind=campaign&campaign={cid(folder)}").body
+        assert f'<option value="{cid(folder)}" selected>' in form
+        nowhere = server.post("/launch", {"csrf": server.csrf(), "kind": "campaign",
+                                          "profile": profile, "script": "job.sh"})
+        assert nowhere.status == 400 and "choose one of the campaigns" in nowhere.body
+        missing = server.post("/launch", {"csrf": server.csrf(), "kind": "campaign",
+                                          "campaign": cid(folder), "profile": profile,
+                                          "script": "nosuch.sh"})
+        assert missing.status == 400 and "nosuch.sh" in missing.body
+        answer = server.post("/launch", {
+            "csrf": server.csrf(), "kind": "campaign", "campaign": cid(folder),
+            "profile": profile, "script": "job.sh", "commit": first[:10], "name": "old",
+            "template": "--k={1;2}"})
+        assert answer.status == 303 and answer.headers["location"] == url, answer.body[:500]
+        _wait(server, url, "failed 2")
+        _wait(server, url, 'driver <span class="alive">stopped')
+        assert server.post(url + "/retry", {"csrf": "forged"}).status == 403
+        assert server.post(url + "/cancel", {"csrf": server.csrf()}).status == 409  # none
+        marker.touch()
+        assert server.post(url + "/retry", {"csrf": server.csrf()}).status == 303
+        body = _wait(server, url, "completed 2")
+        _wait(server, url, 'driver <span class="alive">stopped')
+    recs = list(all_records(folder / "runs"))
+    assert sorted(r.state for r in recs) == ["completed", "completed", "failed", "failed"]
+    assert {r.commit for r in recs} == {first}  # the old commit, for the reruns too
+    failed = {r.id for r in recs if r.state == "failed"}
+    again = [r for r in recs if r.state == "completed"]
+    assert {r.rerun_of for r in again} == failed
+    assert all((folder / "runs" / r.id / "stdout").read_text().startswith("v1 ok --k=")
+               for r in again)
+    assert "4 matching" in body
+
+
+def test_cancel_a_campaign_run_driven_by_the_server(tmp_path):
+    folder = make_campaign(tmp_path / "served" / "slow", {"slow.sh": SLOW})
+    profile = str(local_profile(tmp_path / "profile", slots=2))
+    url = f"/campaign/{cid(folder)}"
+    with serving(tmp_path / "served") as server:
+        answer = server.post("/launch", {
+            "csrf": server.csrf(), "kind": "campaign", "campaign": cid(folder),
+            "profile": profile, "script": "slow.sh", "template": "--t={61.7;61.7;61.7}"})
+        assert answer.status == 303
+        _wait(server, url, "running 2")
+        assert server.post(url + "/retry", {"csrf": server.csrf()}).status == 409
+        assert server.post(url + "/cancel", {"csrf": "x"}).status == 403
+        assert server.post(url + "/cancel", {"csrf": server.csrf()}).status == 303
+        body = _wait(server, url, 'driver <span class="alive">stopped')
+        assert "running" not in re.search(r'<span class="states">(.*?)</span>\s*;', body,
+                                          re.S)[1]
+        assert subprocess.run(["pgrep", "-f", "sleep 61.7"]).returncode == 1  # none left
