@@ -175,11 +175,13 @@ class _Client:
                 future = None  # cancelled meanwhile: its results are read and dropped
             sink = ResultSink() if future is not None and frame.get("op") == "done" else None
             left = int(frame.get("size", 0))
+            if left:
+                left += 1  # the newline after a payload
             while left > 0:
                 chunk = await pipe.readexactly(min(left, _CHUNK))
                 left -= len(chunk)
                 if sink is not None:
-                    sink.write(chunk)
+                    sink.write(chunk[:len(chunk) - 1] if left == 0 else chunk)
             if future is None:
                 continue  # a start notice, or a run this driver no longer watches
             if sink is not None:

@@ -365,17 +365,27 @@ class Driver:
             await self._record(row, result)
         rows = self.journal.in_flight()
         limiter = anyio.CapacityLimiter(RECOVER_CONCURRENCY)
+        again: list[tuple[Row, str]] = []
         if rows:
             async with anyio.create_task_group() as tg:
                 for row in rows:
-                    tg.start_soon(self._recover, row, limiter)
+                    tg.start_soon(self._recover, row, limiter, again)
+        # Released before the re-runs wait for slots: on a full cluster they may need the very
+        # nodes the earlier driver's allocations still hold.
         for allocation in stale:
             await self.engine.release_stale(allocation)
             self.journal.allocation(allocation, "released", "left by an earlier driver")
         for name in names:
             await self.engine.sweep_stale(name)
+        async with anyio.create_task_group() as tg:
+            for row, why in again:  # queued and started at once: the feed never sees it queued
+                self.journal.finished(row.seq, State.QUEUED.value, None, why)
+                if not self.draining:
+                    self._start(tg, self.journal.get(row.seq))
 
-    async def _recover(self, row: Row, limiter: anyio.CapacityLimiter) -> None:
+    async def _recover(self, row: Row, limiter: anyio.CapacityLimiter,
+                       again: list[tuple[Row, str]]) -> None:
+        """Record what an earlier driver's run left, or keep it (in `again`) to run again."""
         result, fenced = None, False
         if row.state == State.RUNNING.value and row.run and row.node:
             async with limiter:
@@ -383,11 +393,8 @@ class Driver:
         if result is not None and result.state is not State.LOST:
             await self._record(row, result)
             return
-        why = "fenced off (node unreachable); requeued" if fenced else "requeued on resume"
-        self.journal.finished(row.seq, State.QUEUED.value, None, why)
-        if not self.draining:
-            self._inflight += 1
-            await self._one(self.journal.get(row.seq))
+        again.append((row, "fenced off (node unreachable); requeued" if fenced
+                      else "requeued on resume"))
 
     async def _reattach(self, row: Row) -> tuple[Result | None, bool]:
         """The run's result (None: nothing to recover) and whether it was fenced off."""

@@ -11,7 +11,8 @@ It keeps the run-folder contract of the shell wrapper exactly: each run folder g
 when the script ends. So when the agent or its channel dies, nothing is lost: the script runs
 on in its own session, and the driver reattaches to the run folder the way it always has.
 
-Protocol, both ways: frames of one JSON header line, then `size` raw bytes when size > 0.
+Protocol, both ways: frames of one JSON header line, then `size` raw bytes and a newline when
+size > 0 (the newline because `srun` holds a partial line back until one comes).
   driver -> agent  {"op": "run", "id", "dir", "archive", "runner", "ignore": [patterns]}
   agent -> driver  {"op": "hello", "protocol", "python"} once at start;
                    {"op": "started", "id", "pid"}; {"op": "failed", "id", "message"};
@@ -102,6 +103,8 @@ class Agent:
                     raise OSError("results tar shorter than announced")
                 self.out.write(chunk)
                 size -= len(chunk)
+            if header["size"]:
+                self.out.write(b"\n")  # srun forwards a partial last line only at a newline
             self.out.flush()
 
     def run(self, order: dict) -> None:
