@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Callable
 
@@ -41,8 +42,8 @@ class AgentLost(OrchestraError):
 class Agents:
     """The node agents of one engine, one per node shell."""
 
-    def __init__(self, root: str, emit: Callable[[events.Event], None]) -> None:
-        self.root, self.emit = root, emit
+    def __init__(self, root: str, python: str, emit: Callable[[events.Event], None]) -> None:
+        self.root, self.python, self.emit = root, python, emit
         self._clients: dict[Shell, _Client] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._serving = anyio.Event()
@@ -61,7 +62,8 @@ class Agents:
         await self._serving.wait()
         client = self._clients.get(shell)
         if client is None:
-            client = self._clients[shell] = _Client(shell, self.root, self.emit, self._tg)
+            client = self._clients[shell] = _Client(shell, self.root, self.python, self.emit,
+                                                    self._tg)
         return await client.run(order)
 
     def up(self) -> int:
@@ -70,9 +72,10 @@ class Agents:
 
 
 class _Client:
-    def __init__(self, shell: Shell, root: str, emit: Callable[[events.Event], None],
-                 tg: anyio.abc.TaskGroup) -> None:
+    def __init__(self, shell: Shell, root: str, python: str,
+                 emit: Callable[[events.Event], None], tg: anyio.abc.TaskGroup) -> None:
         self.shell, self.root, self.emit, self._tg = shell, root, emit, tg
+        self.python = shlex.quote(python)
         self.pipe: Pipe | None = None
         self.unavailable = ""  # why this node runs without an agent, once given up
         self._starting: anyio.Event | None = None
@@ -108,7 +111,7 @@ class _Client:
                 path = await self._install()
             if path is None:
                 return
-            async with self.shell.open(f"exec python3 -u {path}") as pipe:
+            async with self.shell.open(f"exec {self.python} -u {path}") as pipe:
                 with anyio.fail_after(START_TIMEOUT):
                     hello = await _hello(pipe)
                 self.pipe = pipe
@@ -149,12 +152,12 @@ class _Client:
         folder = f"{remote_path(self.root)}/agent"
         path = f"{folder}/{DIGEST}.py"
         probe = await self.shell.run(
-            f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}; "
-            "python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' "
+            f"command -v {self.python} >/dev/null 2>&1 || exit {_NO_PYTHON}; "
+            f"{self.python} -c 'import sys; sys.exit(sys.version_info < (3, 8))' "
             f"|| exit {_OLD_PYTHON}; test -s {path}")
         if probe.returncode in (_NO_PYTHON, _OLD_PYTHON):
-            self._give_up("no python3 on the node" if probe.returncode == _NO_PYTHON
-                          else "the node's python3 is older than 3.8")
+            self._give_up(f"no {self.python} on the node" if probe.returncode == _NO_PYTHON
+                          else f"the node's {self.python} is older than 3.8")
             return None
         if probe.returncode != 0:
             done = await self.shell.run(f"set -e; mkdir -p {folder}; cat > {path}.$$; "

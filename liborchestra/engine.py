@@ -60,7 +60,8 @@ class Engine:
         self.code = CodeCache(self.emit)  # warns of large or left-out code, prunes
         self.send_ignore = send_ignore
         self.leave = leave
-        self.agents = Agents(profile.directory, self.emit) if profile.agent else None
+        self.agents = Agents(profile.directory, profile.agent, self.emit) \
+            if profile.agent else None
         self.launcher = Launcher(LaunchSettings(
             profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
             leave=leave, fetch_ignore=fetch_ignore,

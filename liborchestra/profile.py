@@ -100,12 +100,24 @@ class Profile:
     setup: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     reach: str = "ssh"
-    agent: bool = True  # a node agent per node starts the executions (false: a shell wrapper each)
+    agent: str | None = "python3"  # the node agent's interpreter; None: a shell wrapper each
     source: str = "<memory>"
 
     @property
     def is_local(self) -> bool:
         return self.scheduler.kind == "local"
+
+
+def _agent(value: Any, _: str) -> str | None:
+    """true (the node's python3), false (no agent: a shell wrapper per execution), or the
+    interpreter to run it with (a path, for nodes whose python3 is elsewhere or too old)."""
+    if value is True:
+        return "python3"
+    if value is False:
+        return None
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise Bad(f"expected true, false or a python3 path, got {value!r}")
 
 
 def _slots(value: Any, _: str) -> int | str:
@@ -225,7 +237,7 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
         setup=f.get("setup", str_list, ()),
         env=f.get("env", _env, ()),
         reach=f.get("reach", _choice(REACH), "ssh"),
-        agent=f.get("agent", bool_, True),
+        agent=f.get("agent", _agent, "python3"),
         source=source,
     )
     f.done()

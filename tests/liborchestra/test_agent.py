@@ -1,0 +1,158 @@
+"""The node agent on the real bed: what a batch runs through it, its death mid-batch, a node
+without a usable python3, srun steps, and unplugging a node's link for longer than the
+keepalive allows. Each fault test asserts that every execution completed exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from liborchestra.profile import ProfileError, parse_profile
+from tests.helpers import slurm_profile, ssh_options, write_profile, write_script
+from tests.runaway.test_batch_faults import SCRIPT, exactly_once, rows, with_log
+from tests.schedulers.scenarios import slurm_jobs_left
+
+
+def _batch(profile: Path, script: Path, name: str, n: int, cwd: Path, *extra: str):
+    return subprocess.Popen(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", name,
+         "--json", *extra, "--", "{" + ";".join(str(i) for i in range(n)) + "}"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _events(proc, timeout: float = 240, until=None) -> list[dict]:
+    """The --json events until the batch ends (or until `until(events)` holds)."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if until is not None and until(seen):
+            return seen
+        assert time.monotonic() < deadline, "batch took too long"
+    proc.wait(timeout=30)
+    return seen
+
+
+def _names(events: list[dict], name: str) -> list[dict]:
+    return [e for e in events if e["event"] == name]
+
+
+def _hosts(testbed, tmp: Path, nodes: tuple[str, ...], slots: int, ssh: dict | None = None,
+           **extra) -> Path:
+    return write_profile(tmp / "profiles", "nodes", {
+        "ssh": ssh_options(testbed, host="login", **(ssh or {})),
+        "scheduler": {"kind": "hosts", "hosts": [{"host": n, "slots": slots} for n in nodes]},
+        "directory": f"~/.orchestra-tests/{uuid.uuid4().hex}", **extra})
+
+
+def test_a_batch_runs_through_one_agent_per_node_with_results_fetched(testbed, tmp_path):
+    script = write_script(tmp_path / "code", "job.sh", (
+        "#!/usr/bin/env bash\necho \"out $1\"; echo \"err $1\" >&2\n"
+        "mkdir -p res; echo \"$1\" > res/value.txt; echo big > skip.bin; exit $(( $1 % 4 ))\n"))
+    (tmp_path / "code" / ".fetchignore").write_text("*.bin\n")
+    profile = _hosts(testbed, tmp_path, ("node1", "node3"), 3)
+    proc = _batch(profile, script, "agent", 12, tmp_path)
+    seen = _events(proc)
+    assert proc.returncode == 1, proc.stderr.read()  # 3 of 12 exit non-zero
+    started = _names(seen, "AgentStarted")
+    assert sorted(e["node"] for e in started) == ["node1", "node3"]  # one each, not per run
+    assert _names(seen, "AgentUnavailable") == []
+    final = rows(tmp_path / "batch/agent")
+    assert [r[1] for r in final] == [("failed" if i % 4 else "completed") for i in range(12)]
+    by_arg = {}
+    for folder in (tmp_path / "batch/agent").iterdir():
+        if folder.is_dir():
+            by_arg[(folder / "res/value.txt").read_text().strip()] = folder
+    assert sorted(by_arg, key=int) == [str(i) for i in range(12)]
+    for arg, folder in by_arg.items():
+        assert (folder / "stdout").read_text() == f"out {arg}\n"
+        assert (folder / "stderr").read_text() == f"err {arg}\n"
+        assert (folder / "ecode").read_text().strip() == str(int(arg) % 4)
+        assert not (folder / "skip.bin").exists()  # .fetchignore honoured by the agent
+        assert not (folder / "job.sh").exists()  # the code itself is not fetched back
+
+
+def test_a_killed_agent_loses_nothing_and_is_started_again(testbed, tmp_path):
+    script, log = with_log(testbed, tmp_path, SCRIPT.replace("${SLEEP:-0.5}", "1.5"))
+    profile = _hosts(testbed, tmp_path, ("node1", "node2"), 3)
+    proc = _batch(profile, script, "kill", 24, tmp_path)
+    seen = _events(proc, until=lambda s: len(_names(s, "ExecutionStarted")) >= 8)
+    killed = testbed.on("node1", "pkill", "-KILL", "-u", testbed.user, "-f",
+                        "/agent/[0-9a-f]+\\.py")
+    assert killed.returncode == 0, killed.stderr  # an agent was there, and died
+    seen += _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert [r[1] for r in rows(tmp_path / "batch/kill")] == ["completed"] * 24
+    exactly_once(log, 24)  # its runs went on detached, and were reattached, not re-run
+    nodes = [e["node"] for e in _names(seen, "AgentStarted")]
+    assert nodes.count("node1") >= 2 and nodes.count("node2") == 1, nodes
+    left = [p for n in ("node1", "node2") for p in testbed.procs(n) if "/agent/" in p]
+    assert left == []  # every agent ended with its channel
+
+
+def test_without_a_usable_python_the_wrapper_runs_and_says_so_once(testbed, tmp_path):
+    script, log = with_log(testbed, tmp_path)
+    profile = _hosts(testbed, tmp_path, ("node1",), 3, agent="/nonexistent/python3")
+    proc = _batch(profile, script, "nopy", 9, tmp_path)
+    seen = _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    said = _names(seen, "AgentUnavailable")
+    assert len(said) == 1 and "/nonexistent/python3" in said[0]["reason"], said
+    assert _names(seen, "AgentStarted") == []
+    exactly_once(log, 9)
+
+
+def test_the_agent_runs_in_an_srun_step(testbed, tmp_path):
+    script, log = with_log(testbed, tmp_path, SCRIPT.replace("${SLEEP:-0.5}", "0.2"))
+    profile = slurm_profile(testbed, tmp_path, reach="srun")
+    proc = _batch(profile, script, "srun", 10, tmp_path)
+    seen = _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert len(_names(seen, "AgentStarted")) == 1
+    exactly_once(log, 10)
+    assert slurm_jobs_left(testbed) == []
+
+
+def test_a_node_unplugged_past_the_keepalive_reruns_elsewhere_and_records_once(testbed,
+                                                                               tmp_path):
+    """Its runs are lost to the driver (the connection times out), run again on the other
+    node, and the copies that finish on the unplugged node later are not recorded twice."""
+    script, log = with_log(testbed, tmp_path, SCRIPT.replace("${SLEEP:-0.5}", "3"))
+    profile = _hosts(testbed, tmp_path, ("node1", "node2"), 2,
+                     ssh={"keepalive": "2s", "connect_timeout": "3s"})
+    proc = _batch(profile, script, "unplug", 12, tmp_path)
+    try:
+        _events(proc, until=lambda s: len(_names(s, "ExecutionStarted")) >= 4)
+        testbed.unplug("node1")
+        seen = _events(proc, timeout=300)
+        assert proc.returncode == 0, proc.stderr.read()
+    finally:
+        testbed.plug("node1")
+    final = rows(tmp_path / "batch/unplug")
+    assert [r[1] for r in final] == ["completed"] * 12
+    assert sum(r[2] for r in final) >= 1  # node1's were lost and requeued
+    finished = [e for e in _names(seen, "ExecutionFinished")
+                if e["result"]["state"] == "completed"]
+    assert len({e["result"]["uuid"].split(".")[0] for e in finished}) == 12
+    time.sleep(5)  # node1's copies finish meanwhile, in their own sessions
+    lines = log.read_text().split()
+    assert sorted(set(lines), key=int) == [str(i) for i in range(12)]  # each ran, some twice
+    assert [r[1] for r in rows(tmp_path / "batch/unplug")] == ["completed"] * 12
+
+
+@pytest.mark.parametrize("value, expected", [(True, "python3"), (False, None),
+                                             ("/opt/py/bin/python3", "/opt/py/bin/python3")])
+def test_the_agent_field(value, expected):
+    profile = parse_profile({"scheduler": {"kind": "local"}, "agent": value}, "p.yml")
+    assert profile.agent == expected
+
+
+def test_a_bad_agent_field_names_it():
+    with pytest.raises(ProfileError, match="agent"):
+        parse_profile({"scheduler": {"kind": "local"}, "agent": 3}, "p.yml")
