@@ -314,8 +314,9 @@ class Engine:
 def _finished(result: Result, asked: Execution) -> Result:
     """What the caller sees: its own execution, wall-clock times, stdout/stderr tails."""
     folder = result.execution.output
-    out = tail(folder / "stdout") if folder is not None else ""
-    err = tail(folder / "stderr") if folder is not None else ""
+    out, err = result.stdout, result.stderr
+    if result.ecode is None and folder is not None:  # no record came back: what is there
+        out, err = tail(folder / "stdout"), tail(folder / "stderr")
     return attrs.evolve(_wall_clock(result), execution=asked,
                         output=asked.output if result.output is not None else None,
                         stdout=out, stderr=err)

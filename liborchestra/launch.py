@@ -22,7 +22,7 @@ import attrs
 from liborchestra import events
 from liborchestra.agent import AgentLost, Agents
 from liborchestra.errors import ConnectionLostError, LaunchError, SSHError
-from liborchestra.execution import Execution, Result, State
+from liborchestra.execution import TAIL, Execution, Result, State
 from liborchestra.shell import Shell
 from liborchestra.slots import Slot
 from liborchestra.transfer import (
@@ -61,6 +61,25 @@ class Launcher:
         self.settings, self.emit = settings, emit
         self.agents = agents  # None: every execution through the shell wrapper
         self._trash: dict[Shell, list[str]] = {}
+        self._scripts: dict[tuple, _Prepared] = {}
+
+    def _prepared(self, execution: Execution) -> _Prepared:
+        """What every execution of one script shares, worked out once per engine (the code
+        is archived once per engine too): paths resolved, ignore rules, interpreter."""
+        key = (execution.script, execution.code)
+        prepared = self._scripts.get(key)
+        if prepared is None:
+            code = execution.code_dir
+            try:
+                runner: tuple[str, ...] | LaunchError = () if _executable(execution.script) \
+                    else tuple(interpreter(execution.script))
+            except LaunchError as error:  # raised when a run needs it, not when recovering
+                runner = error
+            prepared = _Prepared(
+                rules=IgnoreRules.read(code / self.settings.fetch_ignore),
+                script=execution.script.resolve().relative_to(code).as_posix(), runner=runner)
+            self._scripts[key] = prepared
+        return prepared
 
     def run_dir(self, execution: Execution) -> str:
         return f"{remote_path(self.settings.root)}/runs/{shlex.quote(execution.uuid)}"
@@ -88,7 +107,7 @@ class Launcher:
         """The result of a run started by an earlier driver (resume): waits for it if it still
         runs. None when there is nothing to recover (no run folder, no exit code). Raises
         SSHError when the node cannot be reached: the run may still be alive there."""
-        rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
+        rules = self._prepared(execution).rules
         started = anyio.current_time()
         try:
             sink = await self._reattach(shell, execution,
@@ -113,7 +132,7 @@ class Launcher:
 
     async def _run_and_fetch(self, shell: Shell, slot: Slot, execution: Execution,
                              archive: CodeArchive) -> dict[str, bytes]:
-        rules = IgnoreRules.read(execution.code_dir / self.settings.fetch_ignore)
+        rules = self._prepared(execution).rules
         pack = pack_command(self.run_dir(execution), rules)
         self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle,
                                           slot.allocation.id, archive.digest))
@@ -217,7 +236,10 @@ class Launcher:
         archive used now (the code cache keeps the most recently used)."""
         s = self.settings
         run = self.run_dir(execution)
-        script = execution.script.resolve().relative_to(execution.code_dir).as_posix()
+        prepared = self._prepared(execution)
+        script = prepared.script
+        if isinstance(prepared.runner, LaunchError):
+            raise prepared.runner
         env = [
             ("RUNAWAY_UUID", shlex.quote(execution.uuid)),
             ("RUNAWAY_REMOTE", shlex.quote(s.profile)),
@@ -233,8 +255,7 @@ class Launcher:
         if slot.node.gpus:
             env.append(("CUDA_VISIBLE_DEVICES", shlex.quote(slot.handle)))
         env += [(k, shlex.quote(v)) for k, v in (*s.env, *execution.env)]
-        runner = [] if _executable(execution.script) else interpreter(execution.script)
-        command = " ".join([*map(shlex.quote, runner), shlex.quote("./" + script),
+        command = " ".join([*map(shlex.quote, prepared.runner), shlex.quote("./" + script),
                             *map(shlex.quote, execution.args)])
         if s.execution:
             command = _legacy_execution(s.execution, execution.args)
@@ -282,6 +303,13 @@ class Launcher:
                     log.warning("could not remove run folders on %s: %s", shell.name, error)
 
 
+@attrs.frozen
+class _Prepared:
+    rules: IgnoreRules
+    script: str  # relative to the code folder
+    runner: tuple[str, ...] | LaunchError  # the interpreter of a script not executable
+
+
 def _result(execution: Execution, record: dict[str, bytes], node: str, slot: str | None,
             started: float) -> Result:
     ecode_text = record.get("ecode", b"").strip()
@@ -293,7 +321,12 @@ def _result(execution: Execution, record: dict[str, bytes], node: str, slot: str
     ecode = int(ecode_text)
     return Result(execution, State.COMPLETED if ecode == 0 else State.FAILED, ecode=ecode,
                   node=node, slot=slot, output=execution.output, started=started,
-                  finished=finished)
+                  finished=finished, stdout=_tail(record.get("stdout", b"")),
+                  stderr=_tail(record.get("stderr", b"")))
+
+
+def _tail(data: bytes) -> str:
+    return data[-TAIL:].decode(errors="replace")
 
 
 def _legacy_execution(lines: tuple[str, ...], args: tuple[str, ...]) -> str:
