@@ -24,7 +24,7 @@ from liborchestra.batch import PostCommandFailed, PostOutputCapped
 from liborchestra.engine import Engine
 from liborchestra.execution import State
 from liborchestra.journal import Journal
-from runaway.render import code_note
+from runaway.render import agent_note, code_note
 
 T = TypeVar("T")
 
@@ -61,8 +61,8 @@ class Progress:
             return (f"post-command: {event.stream} of {event.uuid[:8]} is {event.size} bytes; "
                     f"{name} holds its last {event.limit // 1024} KiB and {name}_PATH the "
                     "whole file (said once)")
-        if code_note(event):
-            return code_note(event)
+        if code_note(event) or agent_note(event):
+            return code_note(event) or agent_note(event)
         if isinstance(event, PostCommandFailed):
             return f"post-command of {event.uuid[:8]} exited {event.status}"
         if isinstance(event, events.AllocationRefused):

@@ -31,8 +31,8 @@ class Renderer:
             stream.flush()
         elif isinstance(event, events.ConnectionProblem):
             self.note(f"{event.host}: {event.message}; recovering")
-        elif code_note(event):
-            self.note(code_note(event) or "")
+        elif code_note(event) or agent_note(event):
+            self.note(code_note(event) or agent_note(event) or "")
         elif self.verbose:
             self.note(_describe(event))
 
@@ -68,6 +68,14 @@ def size(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+def agent_note(event: object) -> str | None:
+    """A node without its agent: slower, not broken; said once per node by the engine."""
+    if isinstance(event, events.AgentUnavailable):
+        return (f"{event.node}: no node agent ({event.reason}); executions there use the shell "
+                "wrapper: same results, more processes per execution")
+    return None
 
 
 def code_note(event: object) -> str | None:
