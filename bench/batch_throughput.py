@@ -29,25 +29,30 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _profile(testbed, folder: Path) -> Path:
-    path = folder / "bench-slurm.yml"
+def _profile(testbed, folder: Path, agent: bool = True) -> Path:
+    path = folder / f"bench-slurm-{agent}.yml"
     path.write_text(yaml.safe_dump({
         "name": "bench-slurm",
         "ssh": {"host": "login", "user": testbed.user, "identity": [str(testbed.key)],
                 "known_hosts": str(testbed.known_hosts)},
         "scheduler": {"kind": "slurm", "nodes": 3, "walltime": "30m",
                       "options": ["--exclusive"]},
-        "slots": SLOTS, "directory": "~/.orchestra-bench"}))
+        "slots": SLOTS, "directory": "~/.orchestra-bench", "agent": agent}))
     return path
 
 
-def _runaway(testbed, n: int, folder: Path) -> tuple[float, float]:
+def _wrapper(testbed, n: int, folder: Path) -> tuple[float, float]:
+    return _runaway(testbed, n, folder, agent=False)
+
+
+def _runaway(testbed, n: int, folder: Path, agent: bool = True) -> tuple[float, float]:
     code = folder / "code"
     code.mkdir(exist_ok=True)
     (code / "true.sh").write_text("true\n")
     name = f"b{uuid.uuid4().hex[:6]}"
     cpu, start = _children_cpu(), time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(_profile(testbed, folder)),
+    done = subprocess.run([sys.executable, "-m", "runaway", "batch",
+                           str(_profile(testbed, folder, agent)),
                            str(code / "true.sh"), "--name", name, "-x", str(n), "--json"],
                           cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -86,6 +91,7 @@ def run(testbed, n: int = 2000, repeats: int = 3) -> list[dict]:
     if shutil.which("parallel") is None:
         raise SystemExit("bench: GNU parallel is missing (apt-get install parallel)")
     tools = {"runaway batch (Slurm, 3 nodes x 8 slots)": _runaway,
+             "runaway batch, shell wrapper (agent: false)": _wrapper,
              "raw asyncssh loop (3 x 8 channels)": _asyncssh,
              "GNU parallel -S (3 x 8 jobs)": _parallel,
              "srun per task (24 at a time)": _srun}
@@ -95,7 +101,8 @@ def run(testbed, n: int = 2000, repeats: int = 3) -> list[dict]:
         os.chmod(folder, 0o755)
         for _ in range(repeats):
             for name, measure in tools.items():
-                args = (testbed, n, folder) if measure is _runaway else (testbed, n)
+                args = (testbed, n, folder) if measure in (_runaway, _wrapper) \
+                    else (testbed, n)
                 times[name].append(measure(*args))
     rates = {name: statistics.median(n / wall for wall, _ in values)
              for name, values in times.items()}

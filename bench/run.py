@@ -21,6 +21,7 @@ from bench import (  # noqa: E402
     batch_throughput,
     exec_throughput,
     first_output,
+    local_throughput,
     parasearch_fidelity,
     parasearch_sampler_time,
     parasearch_throughput,
@@ -40,6 +41,8 @@ def main() -> None:
     rows += exec_throughput.run(testbed, n=n, repeats=repeats)
     rows += first_output.run(testbed, repeats=3 if options.quick else 7)
     rows += batch_throughput.run(testbed, n=300 if options.quick else 2000,
+                                 repeats=1 if options.quick else 3)
+    rows += local_throughput.run(n=500 if options.quick else 2000,
                                  repeats=1 if options.quick else 3)
     total = 20 if options.quick else (options.scale_seconds or float("inf"))
     rows += batch_scale.run(n=100_000, first=min(30, total / 2), total=total)

@@ -1,0 +1,91 @@
+"""2,000 `true` on this machine: `runaway batch local` (node agent, and the shell wrapper it
+replaced) against HyperQueue's LocalCluster (a real server and worker, in-process) and GNU
+parallel — each a whole process, as a user would time it, interleaved in one run.
+
+HyperQueue runs from the bench environment (BENCH_HQ_PYTHON, default /work/bench-venv/bin/python,
+`pip install hyperqueue`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SLOTS = 8
+HQ_PYTHON = os.environ.get("BENCH_HQ_PYTHON", "/work/bench-venv/bin/python")
+_HQ = """
+import sys
+from hyperqueue import Job, LocalCluster
+with LocalCluster() as cluster:
+    cluster.start_worker()
+    client = cluster.client()
+    job = Job()
+    for _ in range(int(sys.argv[1])):
+        job.program(["true"], stdout=None, stderr=None)
+    client.wait_for_jobs([client.submit(job)])
+"""
+
+
+def _timed(argv: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, f"{argv[:4]}: {done.stderr[-2000:]}"
+    return wall
+
+
+def _runaway(agent: bool):
+    def measure(n: int, folder: Path) -> float:
+        profile = folder / f"local-{agent}.yml"
+        profile.write_text(yaml.safe_dump({"name": "bench-local", "scheduler": {"kind": "local"},
+                                           "slots": SLOTS, "agent": agent,
+                                           "directory": str(folder / "remote")}))
+        code = folder / "code"
+        code.mkdir(exist_ok=True)
+        (code / "true.sh").write_text("true\n")
+        name = f"b{time.monotonic_ns()}"
+        wall = _timed([sys.executable, "-m", "runaway", "batch", str(profile),
+                       str(code / "true.sh"), "--name", name, "-x", str(n), "--json"], folder)
+        shutil.rmtree(folder / "batch" / name)
+        return wall
+    return measure
+
+
+def _hyperqueue(n: int, folder: Path) -> float:
+    return _timed([HQ_PYTHON, "-c", _HQ, str(n)], folder)
+
+
+def _parallel(n: int, folder: Path) -> float:
+    return _timed(["parallel", "--will-cite", "-j", str(SLOTS), "true", ":::",
+                   *map(str, range(n))], folder)
+
+
+def run(n: int = 2000, repeats: int = 3) -> list[dict]:
+    tools = {"runaway batch local (node agent)": _runaway(True),
+             "runaway batch local (shell wrapper, agent: false)": _runaway(False),
+             "HyperQueue 0.27 LocalCluster (1 worker)": _hyperqueue}
+    if shutil.which("parallel"):
+        tools["GNU parallel -j 8"] = _parallel
+    walls: dict[str, list[float]] = {name: [] for name in tools}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for _ in range(repeats):
+            for name, measure in tools.items():
+                walls[name].append(measure(n, folder))
+    rates = {name: statistics.median(n / w for w in values) for name, values in walls.items()}
+    ours = rates["runaway batch local (node agent)"]
+    return [{"benchmark": f"local batch of {n} `true`", "tool": name, "value": rate,
+             "unit": "exec/s", "ratio": ours / rate} for name, rate in rates.items()]
+
+
+if __name__ == "__main__":
+    quick = "--quick" in sys.argv
+    for row in run(n=500 if quick else 2000, repeats=1 if quick else 3):
+        print(f"{row['tool']:55s} {row['value']:8.1f} {row['unit']}  ratio {row['ratio']:.2f}")
