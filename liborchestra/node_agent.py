@@ -146,7 +146,7 @@ class Agent:
         proc.wait()
         try:
             with tempfile.TemporaryFile() as spool:
-                with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                with tarfile.open(fileobj=spool, mode="w", format=tarfile.GNU_FORMAT) as tar:
                     for rel in result_files(run, patterns):
                         tar.add(os.path.join(run, rel), arcname="./" + rel, recursive=False)
                 size = spool.tell()
