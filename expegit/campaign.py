@@ -199,6 +199,9 @@ class Campaign:
         except BaseException:
             _remove(folder, keep_folder=existed)
             raise
+        from expegit.catalog import warm
+
+        warm(folder / RUNS)  # the first status reads no record file
         return cls(folder)
 
     # -- places ------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Reading 10,000 `record.json` files costs ~0.5 s (open, read, parse, check); a st
 a record written, rewritten (always by an atomic rename: a new inode), merged in by a sync or
 removed is seen at the next read, committed or not, and only those files are parsed again.
 The cache is a speed-up only: unreadable, of another Python, or not writable, and every file
-is simply read.
+is simply read. `clone`, `sync` and `run` bring it up to date as they end (`warm`): only a
+bare git command (a pull, a checkout) leaves the next read to parse what it changed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ def records(runs: Path) -> list[dict]:
     if cache is not None and (parsed or len(new) != len(old)):
         _save(cache, new)
     return out
+
+
+def warm(runs: Path) -> None:
+    """Bring the cache up to date now (after a clone, a sync or a run, which bring or make
+    records), so that the next `status` or `export` reads no record file. A damaged record
+    is left for those to report."""
+    from expegit.campaign import CampaignError
+
+    try:
+        records(runs)
+    except (CampaignError, OSError):
+        pass
 
 
 def _parse(path: str, memo: dict[str, str]) -> dict:

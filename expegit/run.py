@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import anyio
 import attrs
 
-from expegit import code
+from expegit import catalog, code
 from expegit.campaign import Campaign, CampaignError
 from expegit.source import CampaignSource, RunSettings
 from liborchestra import events
@@ -146,6 +147,7 @@ async def drive(campaign: Campaign, journal: Journal,
             if started is not None:
                 started(driver, engine)
             await driver.run()
+    await anyio.to_thread.run_sync(catalog.warm, campaign.runs)
     return journal.counts()
 
 

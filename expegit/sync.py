@@ -13,7 +13,7 @@ import time
 import attrs
 import git
 
-from expegit import large
+from expegit import catalog, large
 from expegit.campaign import Campaign, CampaignError, _git_error, git_errors
 from expegit.source import commit_leftovers
 
@@ -59,6 +59,8 @@ def sync(campaign: Campaign, remote: str = "origin", attempts: int = ATTEMPTS) -
             else:
                 if large.copy_to(campaign, remote):
                     _push_annex_branch(campaign, remote)  # it now says the remote has them
+                if merged:
+                    catalog.warm(campaign.runs)
                 return Synced(remote, merged, attempt)
         time.sleep(random.uniform(0.05, 0.3) * attempt)  # someone pushed: fetch and merge again
     raise AssertionError("unreachable")

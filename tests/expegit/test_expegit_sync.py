@@ -3,9 +3,12 @@ shared file is refused, leaving the clone as it was."""
 
 from __future__ import annotations
 
+import marshal
 from pathlib import Path
 
 from conftest import assert_clean, assert_refused, expegit, git, records, two_clones
+
+from expegit.catalog import CACHE
 
 
 def test_records_merge_by_union(tmp_path: Path, campaign: Path, local: str):
@@ -16,8 +19,17 @@ def test_records_merge_by_union(tmp_path: Path, campaign: Path, local: str):
     expegit("sync", cwd=b)  # b merges a's records, then pushes
     expegit("sync", cwd=a)
     assert set(records(a)) == set(records(b)) and len(records(a)) == 3
+    for clone in (a, b):  # the catalog's cache is current: the next status parses nothing
+        assert set(_cached(clone)) == set(records(clone))
     assert_clean(a)
     assert_clean(b)
+    expegit("clone", str(tmp_path / "remote.git"), "c", cwd=tmp_path)
+    assert set(_cached(tmp_path / "c")) == set(records(a))
+
+
+def _cached(clone: Path) -> dict:
+    tag, entries = marshal.loads((clone / ".git" / "expegit" / CACHE).read_bytes())
+    return entries
 
 
 def test_conflict_outside_records_is_refused(tmp_path: Path, campaign: Path):
