@@ -24,6 +24,8 @@ from liborchestra.transfer import CODE_CACHE_KEEP
 from runaway import batches
 from runaway.render import Renderer, size
 
+SHOWN = 50  # run folders listed one by one; the totals count them all
+
 
 def add_parser(sub) -> None:
     c = sub.add_parser(
@@ -65,6 +67,9 @@ def _known_runs(root: Path | None = None) -> tuple[dict[str, str], dict[str, str
                 if attempt.get("run"):
                     keep.setdefault(attempt["run"], "")
                     labels.setdefault(attempt["run"], f"{name} #{seq}")
+    for record in (root or Path.cwd()).glob("runs/*/runaway.json"):  # exec runs, fetched
+        keep.setdefault(record.parent.name, "")
+        labels.setdefault(record.parent.name, "exec")
     return keep, labels
 
 
@@ -108,12 +113,15 @@ def _show(found: Inventory, labels: dict[str, str], dry_run: bool) -> None:
         table.add_row(what, escape(archive.name[:16]), escape(archive.place),
                       size(archive.size), _age(archive.age), "",
                       f"kept: {escape(archive.keep)}" if archive.keep else gone)
-    for run in sorted(found.runs, key=lambda r: r.age):
+    runs = sorted(found.runs, key=lambda r: (not r.keep, r.age))  # what stays first
+    for run in runs[:SHOWN]:
         state = "running" if run.keep == "running" else (
             f"exit {run.ecode}" if run.ecode is not None else "stopped")
         table.add_row(f"run folder ({state})", escape(run.run), escape(run.node or run.place),
                       size(run.size), _age(run.age), escape(labels.get(run.run, "")),
                       f"kept: {escape(run.keep)}" if run.keep else gone)
+    if len(runs) > SHOWN:
+        table.add_row(f"... {len(runs) - SHOWN} more run folders", "", "", "", "", "", "")
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=200)  # whole lines for pipes and files

@@ -120,7 +120,11 @@ async def logs(args: argparse.Namespace, renderer: Renderer, _signals) -> int:
             if ended is not None:
                 return 0
             row = _reread(found.journal, row)  # its folder went: fetched meanwhile
-    return _fetched(found, row)
+    shown = _fetched(found, row)
+    if args.follow and row is not None and row.state in FINAL:
+        exit_code = f" (exit {row.ecode})" if row.ecode is not None else ""
+        renderer.note(f"#{row.seq} ended: {row.state}{exit_code}")
+    return shown
 
 
 def _choose(name: str, running: list[Row]) -> int:
@@ -222,6 +226,9 @@ def _fetched(found: _Found, row: Row | None) -> int:
     folder = found.folder
     what = f"#{row.seq} of batch {found.journal.parent.name}" if row is not None and \
         found.journal is not None else f"exec run {folder.name}"
+    if row is not None and row.state in ("queued", "submitted"):
+        raise OrchestraError(f"{what} has not started ({row.state}); `runaway logs "
+                             f"{row.uuid} -f` waits for it while its driver runs")
     if not (folder / "stdout").is_file() and not (folder / "stderr").is_file():
         state = f" ({row.state})" if row is not None else ""
         raise OrchestraError(f"{what}{state}: no output here yet (nothing fetched into "

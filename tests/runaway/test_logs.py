@@ -71,12 +71,13 @@ def test_logs_live_followed_and_fetched_on_local(tmp_path):
         assert live.stdout == "started a\n" and "warming a" in live.stderr
 
         follower = _follow(second[:8], tmp_path)
-        time.sleep(1.5)
+        assert follower.stdout.readline() == "started b\n"  # live, from the run folder
+        time.sleep(1)
         assert follower.poll() is None  # following: it waits for the run to end
         gate.unlink()
         out, err = follower.communicate(timeout=60)
         assert follower.returncode == 0, err
-        assert out == "started b\nfinished b\n"
+        assert out == "finished b\n"
         assert "warming b" in err and "ended: failed (exit 3)" in err
     finally:
         if gate.exists():
@@ -138,12 +139,13 @@ def test_logs_followed_on_slurm(testbed, tmp_path):
         quitter.wait(timeout=60)
         _until_tail(testbed, node, present=False)
         follower = _follow("talk", tmp_path)
-        time.sleep(2)
+        assert follower.stdout.readline().startswith("on node")  # live, from the node
+        time.sleep(1)
         assert follower.poll() is None
         testbed.ssh("login", f"touch ~/gate-{tag}")
         out, err = follower.communicate(timeout=120)
         assert follower.returncode == 0, err
-        assert out.endswith("finished\n") and "ended: completed (exit 0)" in err, (out, err)
+        assert out == "finished\n" and "ended: completed (exit 0)" in err, (out, err)
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
         _until_tail(testbed, node, present=False)
     finally:
