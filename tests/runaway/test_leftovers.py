@@ -5,14 +5,18 @@ interrupted runs left, and `clean` finds it (local profile, real processes and s
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from tests.helpers import local_profile, wait_started, write_script
+import yaml
+
+from tests.helpers import local_profile, slurm_profile, wait_started, write_script
 from tests.runaway.test_batch import journal, runaway
+from tests.runaway.test_clean import gently, stop
 
 
 def _procs(marker: str) -> list[str]:
@@ -97,3 +101,61 @@ def test_resume_after_a_triple_ctrl_c_removes_what_the_runs_left(tmp_path):
     assert [r[2] for r in journal(tmp_path / "batch/r")] == ["completed"] * 2
     assert list(runs.iterdir()) == []  # the interrupted runs' folders too, not only the new
     assert _procs(script.name) == []
+
+
+def _jobs_alive(testbed, jobs: list[str], within: float = 60) -> list[str]:
+    """Which of these Slurm jobs are still in squeue (waiting out COMPLETING a while)."""
+    deadline = time.monotonic() + within
+    while True:
+        out = testbed.ssh("login", f"squeue -h -j {','.join(jobs)} -o '%i %T'").stdout
+        alive = [line for line in out.splitlines() if line.strip()]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
+
+
+def test_cancel_after_a_triple_ctrl_c_on_slurm_leaves_no_process_folder_or_job(testbed,
+                                                                              tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    script = write_script(tmp_path / "code", f"stubborn-{tag}.sh", f"""\
+        #!/usr/bin/env bash
+        trap '' TERM
+        while [ ! -e "$HOME/gate-{tag}" ]; do sleep 0.2; done
+        """)
+    profile = slurm_profile(testbed, tmp_path, poll_interval="1s")
+    root = yaml.safe_load(profile.read_text())["directory"].removeprefix("~/")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", "s",
+         "--json", "--", "{1;2}"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        wait_started(proc, 2)  # a busy bed may take minutes to grant the allocation
+        pids = f"ls ~/{root}/runs/*/.orchestra/pid 2>/dev/null | wc -l"
+        while testbed.ssh("login", pids).stdout.strip() != "2":
+            time.sleep(0.2)
+        for _ in range(3):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.7)
+        assert proc.wait(timeout=30) == 130
+        assert "interrupted again: exiting without cleanup" in proc.stderr.read()
+        runs = f"ls ~/{root}/runs"
+        assert len(testbed.ssh("login", runs).stdout.split()) == 2  # left behind
+        db = sqlite3.connect(tmp_path / "batch/s/journal.sqlite")
+        jobs = [r[0] for r in db.execute("SELECT id FROM allocations")]
+        nodes = {r[0] for r in db.execute("SELECT node FROM executions")}
+        db.close()
+        assert jobs and _jobs_alive(testbed, jobs, within=0)  # the allocation too
+
+        cancelled = gently("cancel", "s", cwd=tmp_path)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "cleaned up after 2 interrupted execution(s)" in cancelled.stderr
+        assert testbed.ssh("login", runs).stdout.split() == []
+        for node in nodes:
+            assert [p for p in testbed.procs(node) if script.name in p] == []
+        assert _jobs_alive(testbed, jobs) == []
+    finally:
+        testbed.ssh("login", f"touch ~/gate-{tag}")
+        if proc.poll() is None:
+            stop(proc)
+        time.sleep(1)
+        testbed.ssh("login", f"rm -f ~/gate-{tag}")
