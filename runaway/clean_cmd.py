@@ -92,6 +92,11 @@ async def clean(args: argparse.Namespace, renderer: Renderer, _signals) -> int:
           f"{len(archives)} code archive(s), {size(total)}; kept {len(kept_runs)} run "
           f"folder(s) ({size(sum(r.size for r in kept_runs))}) and {len(kept_archives)} "
           f"archive(s) ({size(sum(a.size for a in kept_archives))})")
+    for place in sorted({a.place for a in found.archives}):
+        cache = [a for a in found.archives if a.place == place and not a.partial]
+        print(f"code cache on {place}: {len(cache)} archive(s), "
+              f"{size(sum(a.size for a in cache))} before cleaning; each upload prunes it to "
+              f"the {CODE_CACHE_KEEP} most recently used")
     running = [r for r in kept_runs if r.keep == "running" and r.run in labels]
     for run in running:
         batch = labels[run.run].split(" #")[0]

@@ -122,3 +122,5 @@ def test_remote_code_cache_keeps_the_most_recent_archives(tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert f"would remove 0 run folder(s) and {CODE_CACHE_KEEP} code archive(s)" \
         in listed.stdout  # the newest one was used just now; the other run has ended
+    assert f"code cache on local: {CODE_CACHE_KEEP + 1} archive(s)" in listed.stdout
+    assert f"prunes it to the {CODE_CACHE_KEEP} most recently used" in listed.stdout
