@@ -10,6 +10,7 @@ folder over a plain channel as it does after any lost connection: the contract i
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -39,6 +40,17 @@ class AgentLost(OrchestraError):
     folder still has everything."""
 
 
+class Record:
+    """The results of a run that made no file but its small stdout, stderr and ecode (sent
+    inline by the agent): a ResultSink with nothing to unpack."""
+
+    def __init__(self, record: dict[str, bytes]) -> None:
+        self.record = record
+
+    def unpack(self, dest: object) -> dict[str, bytes]:
+        return self.record
+
+
 class Agents:
     """The node agents of one engine, one per node shell."""
 
@@ -55,7 +67,7 @@ class Agents:
             self._serving.set()
             await anyio.sleep_forever()
 
-    async def run(self, shell: Shell, order: dict) -> ResultSink | None:
+    async def run(self, shell: Shell, order: dict) -> ResultSink | Record | None:
         """Run one execution through `shell`'s agent: its results, or None when this node
         has no agent (use the shell wrapper). Raises AgentLost, or LaunchError for a run
         folder the agent could not prepare."""
@@ -79,14 +91,14 @@ class _Client:
         self.pipe: Pipe | None = None
         self.unavailable = ""  # why this node runs without an agent, once given up
         self._starting: anyio.Event | None = None
-        self._pending: dict[str, asyncio.Future[ResultSink]] = {}
+        self._pending: dict[str, asyncio.Future[ResultSink | Record]] = {}
         self._deaths: list[float] = []
 
-    async def run(self, order: dict) -> ResultSink | None:
+    async def run(self, order: dict) -> ResultSink | Record | None:
         pipe = await self._up()
         if pipe is None:
             return None
-        future: asyncio.Future[ResultSink] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ResultSink | Record] = asyncio.get_running_loop().create_future()
         self._pending[order["id"]] = future
         try:
             pipe.write(json.dumps(order).encode() + b"\n")
@@ -176,7 +188,7 @@ class _Client:
             future = self._pending.get(frame.get("id", ""))
             if future is not None and future.done():
                 future = None  # cancelled meanwhile: its results are read and dropped
-            sink = ResultSink() if future is not None and frame.get("op") == "done" else None
+            sink = ResultSink() if future is not None and frame.get("size") else None
             left = int(frame.get("size", 0))
             if left:
                 left += 1  # the newline after a payload
@@ -187,7 +199,10 @@ class _Client:
                     sink.write(chunk[:len(chunk) - 1] if left == 0 else chunk)
             if future is None:
                 continue  # a start notice, or a run this driver no longer watches
-            if sink is not None:
+            if "record" in frame:
+                future.set_result(Record({k: base64.b64decode(v)
+                                          for k, v in frame["record"].items()}))
+            elif sink is not None:
                 future.set_result(sink)
             elif frame.get("op") == "failed":
                 future.set_exception(LaunchError(

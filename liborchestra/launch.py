@@ -20,7 +20,7 @@ import anyio
 import attrs
 
 from liborchestra import events
-from liborchestra.agent import AgentLost, Agents
+from liborchestra.agent import AgentLost, Agents, Record
 from liborchestra.errors import ConnectionLostError, LaunchError, SSHError
 from liborchestra.execution import TAIL, Execution, Result, State
 from liborchestra.shell import Shell
@@ -119,7 +119,8 @@ class Launcher:
             return None
         return _result(execution, record, node, slot, started)
 
-    def _store(self, shell: Shell, execution: Execution, sink: ResultSink) -> dict[str, bytes]:
+    def _store(self, shell: Shell, execution: Execution,
+               sink: ResultSink | Record) -> dict[str, bytes]:
         """Unpack fetched results into the output folder, then queue the run folder's removal."""
         if execution.output is not None:
             mark_output(execution.output)  # not when it holds the user's own files
@@ -163,7 +164,7 @@ class Launcher:
 
     async def _through_agent(self, shell: Shell, slot: Slot, execution: Execution,
                              archive: CodeArchive, rules: IgnoreRules,
-                             pack: str) -> ResultSink | None:
+                             pack: str) -> ResultSink | Record | None:
         """The node agent starts it and sends the results back; None when the node has no
         agent. When the agent dies meanwhile, reattach to the run folder like after any lost
         connection."""

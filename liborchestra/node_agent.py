@@ -16,12 +16,15 @@ size > 0 (the newline because `srun` holds a partial line back until one comes).
   driver -> agent  {"op": "run", "id", "dir", "archive", "runner", "ignore": [patterns]}
   agent -> driver  {"op": "hello", "protocol", "python"} once at start;
                    {"op": "started", "id", "pid"}; {"op": "failed", "id", "message"};
-                   {"op": "done", "id", "size"} followed by a tar of the results
+                   {"op": "done", "id", "size"} followed by a tar of the results, or
+                   {"op": "done", "id", "record": {name: base64}} when there are only the
+                   run's small stdout, stderr and ecode
 End of input ends the agent (its executions go on).
 """
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import os
@@ -34,6 +37,7 @@ import threading
 PROTOCOL = 1
 INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
 _COPY = 1 << 20
+INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
 
 
 def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -> bool:
@@ -82,6 +86,22 @@ def result_files(run: str, patterns: list[str]) -> list[str]:
         if os.path.lexists(os.path.join(run, INTERNAL, name)):
             chosen.append(INTERNAL + "/" + name)
     return chosen
+
+
+def _small_record(run: str, files: list[str]) -> dict | None:
+    """stdout, stderr and ecode inline (base64) when the run made no other file and they are
+    small; None otherwise (then they travel in the results tar)."""
+    if any(not rel.startswith(INTERNAL + "/") for rel in files):
+        return None
+    record, size = {}, 0
+    for rel in files:
+        with open(os.path.join(run, rel), "rb") as f:
+            data = f.read(INLINE + 1)
+        size += len(data)
+        if size > INLINE:
+            return None
+        record[rel.split("/", 1)[1]] = base64.b64encode(data).decode()
+    return record
 
 
 def _expand(path: str) -> str:
@@ -145,9 +165,14 @@ class Agent:
     def finish(self, ident: str, run: str, proc, patterns: list[str]) -> None:
         proc.wait()
         try:
+            files = result_files(run, patterns)
+            record = _small_record(run, files)
+            if record is not None:  # nothing but a small record: no tar to make or to read
+                self.send({"op": "done", "id": ident, "record": record})
+                return
             with tempfile.TemporaryFile() as spool:
                 with tarfile.open(fileobj=spool, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                    for rel in result_files(run, patterns):
+                    for rel in files:
                         tar.add(os.path.join(run, rel), arcname="./" + rel, recursive=False)
                 size = spool.tell()
                 spool.seek(0)

@@ -188,8 +188,7 @@ def write_record(folder: Path, data: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{RECORD_FILE}.")
     with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-        out.write("\n")
+        out.write(json.dumps(data, indent=1, sort_keys=True) + "\n")  # one write, not many
     os.replace(tmp, folder / RECORD_FILE)
 
 
