@@ -125,7 +125,7 @@ def _new_folder(folder: Path) -> None:
                                  "new or empty folder")
 
 
-async def _reap(engine: Engine, journal: Journal, meta: dict, renderer: Renderer) -> None:
+async def reap_leftovers(engine: Engine, journal: Journal, meta: dict, renderer: Renderer) -> None:
     """Kill and remove what interrupted runs left (after a triple Ctrl-C, or a cancel): rows
     not in flight whose last run may still have a process or a run folder. Each run once
     (marked `reaped` in the row's payload)."""
@@ -270,7 +270,7 @@ async def _drive(journal: Journal, meta: dict, renderer: Renderer, signals, json
         async with Engine(profile, leave=str(meta["leave"]),
                           send_ignore=str(meta["send_ignore"]),
                           fetch_ignore=str(meta["fetch_ignore"])) as engine:
-            await _reap(engine, journal, meta, renderer)
+            await reap_leftovers(engine, journal, meta, renderer)
             progress = Progress(journal, engine, mode_for(json), renderer.console)
             engine.listeners.append(progress.event)
             driver = Driver(engine, journal, SweepSource(engine, settings),
@@ -330,7 +330,7 @@ async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
             with journal.db:
                 journal.db.execute("UPDATE executions SET state = 'cancelled' "
                                    "WHERE state = 'queued'")
-            await _reap(engine, journal, meta, renderer)
+            await reap_leftovers(engine, journal, meta, renderer)
     renderer.note(f"batch {args.name!r} cancelled; `runaway retry {args.name}` runs its "
                   "unfinished executions again")
     return 0

@@ -32,6 +32,7 @@ from liborchestra.sched import (
     SchedulerFailed,
     SchedulerStderr,
 )
+from runaway.batch_cmd import reap_leftovers
 from runaway.batches import check_name, failures
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
@@ -88,6 +89,7 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
         async with Engine(profile, leave=str(meta["leave"]), send_ignore=str(meta["send_ignore"]),
                           fetch_ignore=str(meta["fetch_ignore"]),
                           listeners=[view.event]) as engine:
+            await reap_leftovers(engine, journal, meta, renderer)
             source = SchedSource(engine, settings)
             driver = Driver(engine, journal, source, Policy.from_meta(meta))
             interrupts.on_first = lambda: (driver.drain(), renderer.note(
