@@ -186,29 +186,30 @@ def campaign(argv: list[str]) -> None:
 PAGES = ("overview", "batch, page 1", "batch, last page", "execution #1")
 
 
-def _streams(server, urls: list[str], stop: threading.Event) -> list[threading.Thread]:
-    """Live streams held open like a browser's EventSource, read until `stop`."""
+def _streams(server, urls: list[str], stop: threading.Event) -> list[list[float]]:
+    """Live streams held open like a browser's EventSource, read until `stop`; for each, the
+    times its messages arrived."""
+    arrivals: list[list[float]] = [[] for _ in urls]
 
-    def read(url: str) -> None:
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    def read(url: str, times: list[float]) -> None:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
         try:
             conn.request("GET", url)
             answer = conn.getresponse()
             while not stop.is_set():
-                try:
-                    if not answer.readline():
-                        return
-                except TimeoutError:
-                    continue
+                line = answer.readline()
+                if not line:
+                    return
+                if line.startswith(b"data:"):
+                    times.append(time.perf_counter())
         except OSError:
             return
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=read, args=(u,), daemon=True) for u in urls]
-    for t in threads:
-        t.start()
-    return threads
+    for url, times in zip(urls, arrivals, strict=True):
+        threading.Thread(target=read, args=(url, times), daemon=True).start()
+    return arrivals
 
 
 def _counts(journal: Path) -> dict[str, int]:
@@ -303,7 +304,12 @@ def _measure(server, journal: Path, args: argparse.Namespace, t0: float) -> None
     elapsed = time.perf_counter() - start
     done = _counts(journal).get("completed", 0) - done0
     print(f"{elapsed:.0f} s measured: {done} executions completed ({done / elapsed:.0f}/s), "
-          f"{len(rss)} samples, {sum(t.is_alive() for t in streams)} of 3 live streams open")
+          f"{len(rss)} RSS samples")
+    for url, times in zip(("overview", "batch", "batch"), streams, strict=True):
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        print(f"live stream ({url}): {len(times)} messages, gap median "
+              f"{statistics.median(gaps) if gaps else float('nan'):.2f} s, max "
+              f"{max(gaps, default=float('nan')):.2f} s")
     third = max(1, len(rss) // 3)
     head, mid, tail = (statistics.median(v for _, v in part) for part in
                        (rss[:third], rss[third:2 * third] or rss[:third], rss[-third:]))

@@ -70,6 +70,9 @@ def _execution(request: Request, entry: Entry, index: Index) -> dict:
     facts = [(name, payload[key]) for name, key in (
         ("run", "run"), ("recorded by", "by"), ("profile", "profile"), ("script", "script"),
         ("rerun of", "rerun_of")) if payload.get(key)]
+    if payload.get("large"):  # git-annex links point outside the folder: not served here
+        facts.append(("large files (git-annex; `expegit get` them)",
+                      ", ".join(payload["large"])))
     if row.state in ("submitted", "running", "queued"):
         facts.append(("recorded", "not yet: the run has it in flight"))
     return execution_context(entry, index.summary(), row, folder,
@@ -116,7 +119,7 @@ async def retry(request: Request) -> Response:
     if runs.under(entry.folder):
         raise records.Conflict("a run of this campaign is going on here: wait, or cancel it")
     try:
-        runs.rerun_failed(entry.folder)  # in the loop: it starts tasks in the server's group
+        await runs.rerun_failed(entry.folder)
     except OrchestraError as error:
         raise records.Conflict(str(error)) from None
     index.refresh(force=True)

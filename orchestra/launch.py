@@ -132,8 +132,36 @@ class Runs:
         return run is not None and not run.done
 
     # -- starting ------------------------------------------------------------------------------
+    # A run is made (its journal: 100,000 rows take seconds; a campaign's code exported) in a
+    # worker thread, so the server answers other pages meanwhile; it is started in the loop.
 
-    def start_batch(self, fields: dict[str, str]) -> Path:
+    async def start_batch(self, fields: dict[str, str]) -> Path:
+        return self._start(await anyio.to_thread.run_sync(self._make_batch, fields), "batch")
+
+    async def start_search(self, fields: dict[str, str]) -> Path:
+        return self._start(await anyio.to_thread.run_sync(self._make_search, fields),
+                           "search")
+
+    async def start_campaign(self, fields: dict[str, str], root: Path) -> Path:
+        journal, campaign = await anyio.to_thread.run_sync(self._make_campaign, fields, root)
+        return self._start(journal, "campaign", campaign)
+
+    async def rerun_failed(self, root: Path) -> int:
+        """`expegit rerun --failed`, driven here; returns how many executions."""
+        made, count = await anyio.to_thread.run_sync(self._make_reruns, root)
+        for journal, campaign in made:
+            self._start(journal, "campaign", campaign)
+        return count
+
+    async def retry(self, path: Path, states: list[str]) -> int:
+        """`runaway retry`, driven here; returns how many executions."""
+        if self.driving(path):
+            raise LaunchError("this batch is running: wait for it, or cancel it")
+        journal, count = await anyio.to_thread.run_sync(self._requeue, path, states)
+        self._start(journal, "batch")
+        return count
+
+    def _make_batch(self, fields: dict[str, str]) -> Journal:
         from runaway import batch_cmd
         from runaway.cli import parser
 
@@ -142,9 +170,9 @@ class Runs:
         args = _parsed(parser(), argv[:cut])
         args.template = [*args.template, *argv[cut + 1:]]
         journal, _ = batch_cmd.create_batch(args)
-        return self._start(journal, "batch")
+        return journal
 
-    def start_search(self, fields: dict[str, str]) -> Path:
+    def _make_search(self, fields: dict[str, str]) -> Journal:
         from parasearch import cli
         from parasearch.samplers.base import SamplerError
         from parasearch.space import SpaceError
@@ -158,9 +186,9 @@ class Runs:
         except (SpaceError, SamplerError) as error:  # a bad prior, or an algorithm refusing it
             raise LaunchError(str(error)) from None
         store.close()
-        return self._start(journal, "search")
+        return journal
 
-    def start_campaign(self, fields: dict[str, str], root: Path) -> Path:
+    def _make_campaign(self, fields: dict[str, str], root: Path) -> tuple[Journal, object]:
         """`expegit run` in the campaign at `root`: its own parser, checks and `new_run`."""
         from expegit.campaign import Campaign
         from expegit.cli import parser
@@ -173,13 +201,12 @@ class Runs:
         args.template = [*args.template, *argv[cut + 1:]]
         campaign = Campaign.open(root)
         plan = Plan(profile=args.profile, script=args.script, rev=args.commit, name=args.name)
-        return self._start(new_run(campaign, plan, sweep_from_args(args)), "campaign",
-                           campaign)
+        return new_run(campaign, plan, sweep_from_args(args)), campaign
 
-    def rerun_failed(self, root: Path) -> int:
+    def _make_reruns(self, root: Path) -> tuple[list[tuple[Journal, object]], int]:
         """`expegit rerun --failed` composed from expegit's public calls: the failed and lost
         records, grouped by script, profile, commit and patch, each group a new run (its rows
-        linked by `rerun_of`) driven here. Returns how many executions."""
+        linked by `rerun_of`)."""
         from expegit.campaign import Campaign
         from expegit.code import CodeVersion, export
         from expegit.record import all_records
@@ -193,26 +220,24 @@ class Runs:
                                   []).append(rec)
         if not groups:
             raise LaunchError("no failed or lost execution to run again")
+        made = []
         for (script, profile, commit, patch), recs in groups.items():
             if patch:
                 export(campaign, CodeVersion(commit, patch))
             rows = [(str(uuidlib.uuid4()), r.arguments, r.label, {"rerun_of": r.id})
                     for r in recs]
             plan = Plan(profile=profile, script=script, rev=commit)
-            self._start(new_run(campaign, plan, None, rows=rows, patch=patch), "campaign",
-                        campaign)
-        return sum(len(v) for v in groups.values())
+            made.append((new_run(campaign, plan, None, rows=rows, patch=patch), campaign))
+        return made, sum(len(v) for v in groups.values())
 
     def under(self, folder: Path) -> list[Run]:
         """The runs driven here now whose journal lies under `folder`."""
         base = folder.resolve()
         return [r for r in self.runs.values() if not r.done and r.path.is_relative_to(base)]
 
-    def retry(self, path: Path, states: list[str]) -> int:
+    def _requeue(self, path: Path, states: list[str]) -> tuple[Journal, int]:
         """`runaway retry`'s library calls: each chosen execution's last attempt kept aside
-        (`keep_attempt`), the rows queued again, the canary judged again; driven here."""
-        if self.driving(path):
-            raise LaunchError("this batch is running: wait for it, or cancel it")
+        (`keep_attempt`), the rows queued again, the canary judged again."""
         journal = Journal.open(path)
         if journal.driver_alive():
             journal.close()
@@ -221,8 +246,7 @@ class Runs:
             keep_attempt(journal, row, path.parent / row.uuid)
         count = journal.requeue(states)
         journal.set_meta("canary_passed", False)  # the code may have changed: judge it again
-        self._start(journal, "batch")
-        return count
+        return journal, count
 
     def _start(self, journal: Journal, kind: str, campaign: object = None) -> Path:
         path = journal.path.resolve()

@@ -79,6 +79,7 @@ async def posted(request: Request) -> dict[str, str]:
 # -- overview ----------------------------------------------------------------------------------
 
 def _summaries(request: Request) -> list[dict]:
+    request.app.state.campaigns.forget_missing()
     out = []
     for entry in request.app.state.catalog.entries():
         try:
@@ -173,7 +174,7 @@ async def retry(request: Request) -> Response:
         raise records.BadRequest(f"a {entry.kind} cannot be retried from here")
     states = [s for s in ("failed", "lost", "cancelled") if fields.get(s)] or ["failed"]
     try:
-        request.app.state.runs.retry(entry.path, states)
+        await request.app.state.runs.retry(entry.path, states)
     except OrchestraError as error:
         raise records.Conflict(str(error)) from None
     return RedirectResponse(f"/batch/{entry.id}", status_code=303)
@@ -298,9 +299,10 @@ async def launch(request: Request) -> Response:
             entry = request.app.state.catalog.get(fields.get("campaign", ""))
             if entry is None or entry.kind != "campaign":
                 raise OrchestraError("campaign: choose one of the campaigns found")
-            runs.start_campaign(fields, entry.folder)
+            await runs.start_campaign(fields, entry.folder)
             return RedirectResponse(f"/campaign/{entry.id}", status_code=303)
-        path = runs.start_search(fields) if kind == "search" else runs.start_batch(fields)
+        path = await (runs.start_search(fields) if kind == "search"
+                      else runs.start_batch(fields))
     except OrchestraError as error:
         return _launch_page(request, fields, str(error), status=400)
     entry = request.app.state.catalog.add(path)

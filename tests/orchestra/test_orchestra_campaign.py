@@ -22,6 +22,7 @@ from tests.orchestra.web import GIT_IDENTITY, expegit, git, make_batch, make_cam
 pytestmark = pytest.mark.timeout(240)
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="40"><rect width="40" ' \
       'height="40" fill="teal"/></svg>'
+ODD = "<img src=x onerror=alert(1)>.txt"  # a file name a script chose
 IMG = f"""#!/usr/bin/env bash
 echo "lr $1 {EVIL}"
 echo "careful with $1" >&2
@@ -30,6 +31,7 @@ python3 -c "import sys; open('plots/loss.png', 'wb').write(bytes.fromhex(sys.arg
   {PNG.hex()}
 printf '%s\\n' '{SVG}' > curve.svg
 echo weights > model.bin
+echo odd > '{ODD}'
 """
 FAIL = '#!/usr/bin/env bash\necho "broke: $*" >&2\nexit 3\n'
 SLOW = '#!/usr/bin/env bash\nsleep "${1#--t=}"\necho "slept $1"\n'
@@ -108,6 +110,9 @@ def test_a_campaign_execution_shows_its_record_streams_images_and_files(camp):
         assert f'<img src="{base}/files/{name}"' in page.body
     assert f'href="{base}/files/model.bin?download=1"' in page.body
     assert "escape" not in page.body and "outside" not in page.body
+    assert ODD not in page.body and "&lt;img src=x onerror=alert(1)&gt;.txt" in page.body
+    odd = re.search(r'href="([^"]*onerror[^"]*)"', page.body)[1].replace("&amp;", "&")
+    assert "<" not in odd and server.get(odd).body == "odd\n"
     assert server.get(base + "/files/plots/loss.png").headers["content-type"] == "image/png"
     whole = server.get(base + "/files/stdout")
     assert whole.headers["content-type"].startswith("text/plain") and EVIL in whole.body
@@ -320,3 +325,25 @@ def test_cancel_a_campaign_run_driven_by_the_server(tmp_path):
         assert "running" not in re.search(r'<span class="states">(.*?)</span>\s*;', body,
                                           re.S)[1]
         assert subprocess.run(["pgrep", "-f", "sleep 61.7"]).returncode == 1  # none left
+
+
+def test_a_large_file_kept_in_git_annex_is_named_not_served_from_outside(tmp_path):
+    """A result above the campaign's threshold is a git-annex link into .git/annex: outside
+    the record folder, so it is named on the page (fetch it with `expegit get`), never
+    followed."""
+    big = '#!/usr/bin/env bash\nhead -c 2097152 /dev/zero > weights.bin\necho small > ok.txt\n'
+    folder = make_campaign(tmp_path / "served" / "heavy", {"big.sh": big})
+    if "annex: true" not in (folder / "expegit.yml").read_text():
+        pytest.skip("git-annex is not installed: this campaign keeps every file in git")
+    expegit("run", str(local_profile(tmp_path / "profile")), "big.sh", cwd=folder)
+    (rec,) = all_records(folder / "runs")
+    assert rec.large == ("weights.bin",) and (folder / "runs" / rec.id / "weights.bin")\
+        .is_symlink()
+    with serving(tmp_path / "served") as server:
+        base = f"/campaign/{cid(folder)}/{rec.id}"
+        page = server.get(base).body
+        assert "git-annex" in page and "weights.bin" in page
+        assert f'href="{base}/files/ok.txt?download=1"' in page
+        assert f'{base}/files/weights.bin' not in page
+        assert server.get(base + "/files/weights.bin").status == 404
+        assert server.get(base + "/files/ok.txt").body == "small\n"
