@@ -21,7 +21,7 @@ from typing import Callable
 import anyio
 
 from liborchestra import events, node_agent
-from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError
+from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError, SSHError
 from liborchestra.shell import Pipe, Shell
 from liborchestra.transfer import ResultSink, remote_path
 
@@ -93,6 +93,7 @@ class _Client:
         self._starting: anyio.Event | None = None
         self._pending: dict[str, asyncio.Future[ResultSink | Record]] = {}
         self._deaths: list[float] = []
+        self._unreachable: SSHError | None = None  # why the last start could not reach the node
 
     async def run(self, order: dict) -> ResultSink | Record | None:
         pipe = await self._up()
@@ -109,11 +110,17 @@ class _Client:
             self._pending.pop(order["id"], None)
 
     async def _up(self) -> Pipe | None:
+        """The running agent's pipe (starting it if needed); None when this node has none.
+        Raises SSHError when the node could not be reached to start it: that is the node's
+        fault (the execution is lost and the node quarantined), not the agent's."""
         while self.pipe is None and not self.unavailable:
             if self._starting is None:
-                self._starting = anyio.Event()
+                self._starting, self._unreachable = anyio.Event(), None
                 self._tg.start_soon(self._serve, self._starting)
-            await self._starting.wait()
+            starting = self._starting
+            await starting.wait()
+            if self.pipe is None and self._unreachable is not None:
+                raise self._unreachable
         return self.pipe
 
     async def _serve(self, started: anyio.Event) -> None:
@@ -131,12 +138,18 @@ class _Client:
                                               int(hello.get("pid", 0))))
                 started.set()
                 await self._read(pipe)
+        except SSHError as error:
+            if self.pipe is not None:  # it ran, then its connection went
+                reason = str(error)
+            else:
+                self._unreachable = error
         except (OrchestraError, OSError, ValueError, TimeoutError) as error:
             reason = str(error) or type(error).__name__
         finally:
-            self.pipe, self._starting = None, None
+            up, self.pipe, self._starting = self.pipe is not None, None, None
             started.set()
-            self._ended(reason)
+            if up or reason:
+                self._ended(reason)
 
     def _ended(self, reason: str) -> None:
         """Fail what this agent was watching (each reattaches); give up after many deaths."""
