@@ -20,6 +20,7 @@ from bench import (  # noqa: E402
     batch_scale,
     batch_throughput,
     exec_throughput,
+    expegit_bench,
     first_output,
     local_throughput,
     parasearch_fidelity,
@@ -46,7 +47,8 @@ def main() -> None:
                                  repeats=1 if options.quick else 3)
     total = 20 if options.quick else (options.scale_seconds or float("inf"))
     rows += batch_scale.run(n=100_000, first=min(30, total / 2), total=total)
-    for search_bench in (parasearch_throughput, parasearch_sampler_time, parasearch_fidelity):
+    for search_bench in (parasearch_throughput, parasearch_sampler_time, parasearch_fidelity,
+                         expegit_bench):
         rows += search_bench.run(quick=options.quick)
     table = Table(title="orchestra benchmarks (medians; ratio: ours / this row's tool, or "
                         "this row / the peer for latencies)")
