@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid as uuidlib
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -78,6 +79,7 @@ class SearchSource(Source):
         self._counts: Counter[str] = Counter()  # of the known trials, by state
         self._untold: dict[int, StoredTrial] = {}  # results known, not yet told the sampler
         self._mine: set[int] = set()  # trials this driver reserved in this life
+        self._next_takeover = 0.0  # when to look for expired leases again (monotonic)
 
     # -- Source ----------------------------------------------------------------------------------
 
@@ -110,7 +112,10 @@ class SearchSource(Source):
             completed = self.completed()
             if completed >= self.settings.n:
                 return None
-            taken = self.store.take_over(db, self.me, self.settings.lease)
+            taken = []
+            if time.monotonic() >= self._next_takeover:  # leases expire on their own clock
+                self._next_takeover = time.monotonic() + self.settings.lease / 4
+                taken = self.store.take_over(db, self.me, self.settings.lease)
             work = [self._work(t.number, t.params) for t in taken]
             reserved = self._counts[RESERVED]
             for _ in range(max(0, min(n - len(work), self.settings.n - completed - reserved))):

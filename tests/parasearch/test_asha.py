@@ -78,3 +78,18 @@ def test_replaying_the_history_gives_the_same_next_ask():
 def test_asha_needs_one_fidelity():
     with pytest.raises(SamplerError, match="fidelity"):
         create_sampler("asha", Space.parse(["x~uniform(0, 1)"]))
+
+
+def test_hyperband_ranks_a_rung_over_every_bracket():
+    """Three results at 3 epochs — two configurations that started there, one promoted from
+    1 epoch — make one promotion to 9 epochs: the best of the three, whatever its bracket."""
+    sampler = create_sampler("hyperband", SPACE, seed=4)
+    configs = [{"x": x, "c": "a"} for x in (0.1, 0.2, 0.3)]
+    values = {0.1: 5.0, 0.2: 2.0, 0.3: 7.0}
+    low = sampler.adopt({**configs[0], "epochs": 1})  # bracket 0: started at 1 epoch
+    sampler.tell(low.id, 1.0)
+    for config in configs:  # x=0.1 promoted to 3 epochs; x=0.2 and 0.3 start there
+        trial = sampler.adopt({**config, "epochs": 3})
+        sampler.tell(trial.id, values[config["x"]])
+    promoted = sampler.ask()
+    assert promoted.params == {"x": 0.2, "c": "a", "epochs": 9}
