@@ -30,6 +30,7 @@ from orchestra import records
 
 REFRESH = 1.0  # seconds an index is trusted before the campaign is looked at again
 IN_FLIGHT = ("submitted", "running")
+CHUNK = 500  # records read before they are added to the index
 SORTS = {**{k: v for k, v in records.SORTS.items() if k != "value"}, "commit": "digest",
          "id": "uuid"}
 _TABLE = """CREATE TABLE executions (
@@ -47,11 +48,14 @@ def is_campaign(folder: Path, files: set[str] | list[str]) -> bool:
     return SETTINGS in files and (folder / ".git").exists()
 
 
-def _row(rec: Record) -> tuple:
+def _row(rec: Record, full: bool = True) -> tuple:
+    """A record as the columns after `seq`; the index keeps no payload (`full=False`: the
+    table shows none, and an execution's page reads its record again)."""
     commit = rec.commit[:12] + ("+patch" if rec.patch else "")
-    payload = {"params": rec.parameters, "metrics": rec.metrics, "commit": rec.commit,
-               "patch": rec.patch, "run": rec.run, "by": rec.by, "profile": rec.profile,
-               "script": rec.script, "rerun_of": rec.rerun_of, "large": list(rec.large)}
+    payload = {} if not full else {
+        "params": rec.parameters, "metrics": rec.metrics, "commit": rec.commit,
+        "patch": rec.patch, "run": rec.run, "by": rec.by, "profile": rec.profile,
+        "script": rec.script, "rerun_of": rec.rerun_of, "large": list(rec.large)}
     return (rec.id, json.dumps(list(rec.arguments)), rec.label or " ".join(rec.arguments),
             rec.state, rec.attempts, rec.node, rec.slot, rec.allocation, commit, rec.exit_code,
             None, rec.started, rec.ended, rec.message, json.dumps(payload, default=str))
@@ -107,33 +111,45 @@ class Index:
             self._when = time.monotonic()
 
     def _records(self) -> None:
+        """New record folders read (expegit's `read`) and added in chunks, so a first look
+        at 100,000 records never holds them all; folders that went away dropped."""
         runs = self.campaign.runs
         try:
             names = {n for n in os.listdir(runs) if not n.startswith(".")}
         except OSError:
             names = set()
         gone = self.recorded - names
-        fresh = []
+        if gone:
+            with self.db:
+                self.db.executemany("DELETE FROM executions WHERE uuid = ?",
+                                    [(n,) for n in gone])
+            self.recorded -= gone
+            self.version += 1
+        chunk: list[Record] = []
         for name in names - self.recorded:
             if os.path.islink(os.path.join(runs, name)) or \
                     not os.path.isfile(os.path.join(runs, name, RECORD)):
                 continue  # in flight, or its recording has not finished
             try:
-                fresh.append(read(runs / name))
+                chunk.append(read(runs / name))
             except (CampaignError, OSError):
                 continue  # damaged: `expegit status` names it
-        if not gone and not fresh:
-            return
+            if len(chunk) >= CHUNK:
+                self._add(chunk)
+                chunk = []
+        if chunk:
+            self._add(chunk)
+
+    def _add(self, recs: list[Record]) -> None:
         with self.db:
-            for name in gone:
-                self.db.execute("DELETE FROM executions WHERE uuid = ?", (name,))
-            for rec in fresh:
-                self.db.execute("DELETE FROM executions WHERE uuid = ?", (rec.id,))
-                self.db.execute(
-                    "INSERT INTO executions (uuid, argv, label, state, attempts, node, slot, "
-                    "allocation, digest, ecode, value, started, finished, message, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(rec))
-        self.recorded = (self.recorded - gone) | {rec.id for rec in fresh}
+            self.db.executemany("DELETE FROM executions WHERE uuid = ?",
+                                [(r.id,) for r in recs])
+            self.db.executemany(
+                "INSERT INTO executions (uuid, argv, label, state, attempts, node, slot, "
+                "allocation, digest, ecode, value, started, finished, message, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_row(r, full=False) for r in recs])
+        self.recorded |= {r.id for r in recs}
         self.version += 1
 
     def _journals(self) -> list[Path]:
