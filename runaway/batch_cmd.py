@@ -130,15 +130,21 @@ async def reap_leftovers(engine: Engine, journal: Journal, meta: dict, renderer:
     not in flight whose last run may still have a process or a run folder. Each run once
     (marked `reaped` in the row's payload)."""
     rows = [r for state in LEFTOVER_STATES for r in journal.rows(state)
-            if r.run and r.node and r.ecode is None and r.payload.get("reaped") != r.run]
+            if r.run and r.node and r.ecode is None and r.payload.get("reaped") != _attempt(r)]
     if not rows:
         return
     count = await remove_leftovers(engine, rows, Path(str(meta["script"])))
     for row in rows:
-        journal.update_payload(row.seq, {**journal.get(row.seq).payload, "reaped": row.run})
+        journal.update_payload(row.seq, {**journal.get(row.seq).payload,
+                                         "reaped": _attempt(row)})
     kept = " (kept: --leave everything)" if meta.get("leave") == "everything" else ""
     renderer.note(f"cleaned up after {count} interrupted execution(s): processes stopped, run "
                   f"folders removed{kept}")
+
+
+def _attempt(row) -> str:
+    """One attempt of a row: its run id and start time (a retry may reuse the run id)."""
+    return f"{row.run}@{row.started}"
 
 
 def _profile_ref(text: str) -> str:

@@ -47,7 +47,7 @@ def _known_runs(root: Path | None = None) -> tuple[dict[str, str], dict[str, str
     for path in batches.journals(root):
         name = path.parent.name
         alive = driver_alive(path)
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(path, timeout=5)  # read only; not `mode=ro`: WAL needs its -shm
         try:
             rows = db.execute("SELECT seq, run, state, payload FROM executions "
                               "WHERE run IS NOT NULL").fetchall()

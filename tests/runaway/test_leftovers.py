@@ -44,10 +44,15 @@ def _triple_interrupt(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
         echo "done $1"
         """)
     profile = local_profile(tmp_path, slots=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", name,
-         "--json", "--", "{1;2}"], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    _interrupt_thrice(tmp_path, ["batch", str(profile), str(script), "--name", name, "--json",
+                                 "--", "{1;2}"])
+    return profile, script, gate
+
+
+def _interrupt_thrice(tmp_path: Path, argv: list[str]) -> None:
+    """Start `runaway ARGV` (two executions that ignore SIGTERM) and press Ctrl-C thrice."""
+    proc = subprocess.Popen([sys.executable, "-m", "runaway", *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_started(proc, 2)
     runs = tmp_path / "remote/runs"
     while len(list(runs.glob("*/.orchestra/pid"))) < 2:
@@ -58,7 +63,6 @@ def _triple_interrupt(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
     assert proc.wait(timeout=30) == 130
     assert "interrupted again: exiting without cleanup" in proc.stderr.read()
     assert len(list(runs.iterdir())) == 2  # left behind
-    return profile, script, gate
 
 
 def test_cancel_after_a_triple_ctrl_c_removes_what_the_runs_left(tmp_path):
@@ -86,6 +90,23 @@ def _cancel_cleans_up(tmp_path: Path, profile: Path, script: Path, gate: Path) -
     assert retried.returncode == 0, retried.stderr
     assert [r[2] for r in journal(tmp_path / "batch/t")] == ["completed"] * 2
     assert list(runs.iterdir()) == []
+
+
+def test_a_retry_interrupted_thrice_is_cleaned_up_again(tmp_path):
+    """A retry runs an execution under its first run id again: what it leaves when
+    interrupted is cleaned up too (each attempt once, not each run id)."""
+    profile, script, gate = _triple_interrupt(tmp_path, "twice")
+    try:
+        first = runaway("cancel", "twice", cwd=tmp_path)
+        assert "cleaned up after 2 interrupted execution(s)" in first.stderr, first.stderr
+        _interrupt_thrice(tmp_path, ["retry", "twice", "--json"])
+        second = runaway("cancel", "twice", cwd=tmp_path)
+        assert second.returncode == 0, second.stderr
+        assert "cleaned up after 2 interrupted execution(s)" in second.stderr, second.stderr
+        assert list((tmp_path / "remote/runs").iterdir()) == []
+        assert _procs(script.name) == []
+    finally:
+        gate.unlink(missing_ok=True)
 
 
 def test_resume_after_a_triple_ctrl_c_removes_what_the_runs_left(tmp_path):
