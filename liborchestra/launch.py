@@ -171,7 +171,7 @@ class Launcher:
         root = self.settings.root
         order = {"op": "run", "id": execution.uuid, "dir": f"{root}/runs/{execution.uuid}",
                  "archive": f"{root}/code/{archive.name}",
-                 "runner": self.runner_script(slot, execution, archive),
+                 "runner": self.runner_script(slot, execution, archive, touch=False),
                  "ignore": list(rules.patterns)}
         try:
             return await self.agents.run(shell, order)
@@ -231,10 +231,11 @@ class Launcher:
         ])
 
     def runner_script(self, slot: Slot, execution: Execution,
-                      archive: CodeArchive | None = None) -> str:
+                      archive: CodeArchive | None = None, touch: bool = True) -> str:
         """The detached script: environment, setup, the user's script, the exit code file.
         It first notes its node and code (for `runaway logs` and `clean`) and marks the
-        archive used now (the code cache keeps the most recently used)."""
+        archive used now (the code cache keeps the most recently used; the node agent marks
+        it itself, `touch=False`, saving a process per execution)."""
         s = self.settings
         run = self.run_dir(execution)
         prepared = self._prepared(execution)
@@ -260,9 +261,9 @@ class Launcher:
                             *map(shlex.quote, execution.args)])
         if s.execution:
             command = _legacy_execution(s.execution, execution.args)
-        used = [] if archive is None else [
-            f"printf '%s\\n' {archive.digest} > {INTERNAL}/digest; "
-            f"touch -c {remote_path(s.root)}/code/{archive.name}"]
+        used = [] if archive is None else [f"printf '%s\\n' {archive.digest} > {INTERNAL}/digest"]
+        if archive is not None and touch:
+            used.append(f"touch -c {remote_path(s.root)}/code/{archive.name}")
         return "\n".join([
             f"cd {run} || exit {_SETUP_FAILED}",
             f"printf '%s\\n' {shlex.quote(slot.node.name)} > {INTERNAL}/node", *used,
