@@ -305,9 +305,9 @@ def _measure(server, journal: Path, args: argparse.Namespace, t0: float) -> None
     done = _counts(journal).get("completed", 0) - done0
     print(f"{elapsed:.0f} s measured: {done} executions completed ({done / elapsed:.0f}/s), "
           f"{len(rss)} RSS samples")
-    for url, times in zip(("overview", "batch", "batch"), streams, strict=True):
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        print(f"live stream ({url}): {len(times)} messages, gap median "
+    for url, arrived in zip(("overview", "batch", "batch"), streams, strict=True):
+        gaps = [b - a for a, b in zip(arrived, arrived[1:], strict=False)]
+        print(f"live stream ({url}): {len(arrived)} messages, gap median "
               f"{statistics.median(gaps) if gaps else float('nan'):.2f} s, max "
               f"{max(gaps, default=float('nan')):.2f} s")
     third = max(1, len(rss) // 3)
