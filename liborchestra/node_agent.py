@@ -105,7 +105,9 @@ def _small_record(run: str, files: list[str]) -> dict | None:
 
 
 def _expand(path: str) -> str:
-    return os.path.expanduser(path)
+    """`~` and relative paths from the home folder, as the shell wrapper reads them."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(os.path.expanduser("~"), path)
 
 
 class Agent:

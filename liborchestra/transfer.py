@@ -200,11 +200,15 @@ def _walk(folder: Path, rules: IgnoreRules, left_out: list[str]):
 
 
 def remote_path(path: str) -> str:
-    """A shell word for a remote path: quoted, with a leading `~/` left to the remote $HOME."""
+    """A shell word for a remote path: quoted, with a leading `~/` left to the remote $HOME.
+    A relative path is relative to $HOME too, as `ssh host cmd` would take it (and the same on
+    `local`: the wrapper changes folder before it uses the path)."""
     if path == "~":
         return '"$HOME"'
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
+    if not path.startswith("/"):
+        return '"$HOME"/' + shlex.quote(path)
     return shlex.quote(path)
 
 

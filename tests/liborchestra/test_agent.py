@@ -5,6 +5,7 @@ keepalive allows. Each fault test asserts that every execution completed exactly
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -156,3 +157,21 @@ def test_the_agent_field(value, expected):
 def test_a_bad_agent_field_names_it():
     with pytest.raises(ProfileError, match="agent"):
         parse_profile({"scheduler": {"kind": "local"}, "agent": 3}, "p.yml")
+
+
+@pytest.mark.parametrize("agent", [True, False])
+def test_a_relative_directory_is_taken_from_home_with_or_without_the_agent(tmp_path, agent):
+    """`directory: remote` on local lost every execution (status 96): the wrapper changed
+    folder before it used the relative path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho \"got $1\"\n")
+    profile = write_profile(tmp_path / "profiles", "rel", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": "remote", "agent": agent})
+    done = subprocess.run(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", "rel",
+         "--", "{a;b;c}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert [r[1] for r in rows(tmp_path / "batch/rel")] == ["completed"] * 3
+    assert (home / "remote" / "code").is_dir()  # the code went under $HOME/remote
