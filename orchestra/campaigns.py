@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 
 from expegit.campaign import PATCHES, SETTINGS, Campaign, CampaignError
-from expegit.record import RECORD, Record, read
+from expegit.record import RECORD, Record, parse_parameters, read
 from liborchestra.journal import Journal, JournalError
 from orchestra import records
 
@@ -92,13 +92,15 @@ class Index:
     def name(self) -> str:
         return self.root.name
 
-    def folder(self, run_id: str) -> Path:
-        """The folder of the execution `run_id` (a plain name under runs/), or NotFound."""
+    def folder(self, run_id: str, exists: bool = True) -> Path:
+        """The folder of the execution `run_id` (a plain name under runs/, never a link), or
+        NotFound; with `exists=False` also one not fetched yet (an execution in flight)."""
         if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith(".") \
                 or "\0" in run_id:
             raise records.NotFound("no such execution")
         folder = self.campaign.runs / run_id
-        if not folder.is_dir() or folder.is_symlink():
+        there = folder.is_dir() and not folder.is_symlink()
+        if not there and (exists or os.path.lexists(folder)):
             raise records.NotFound(f"no execution {run_id!r} in this campaign")
         return folder
 
@@ -184,7 +186,8 @@ class Index:
                     (r.uuid, json.dumps(list(r.argv)), r.label, r.state, r.attempts, r.node,
                      r.slot, r.allocation, commit, r.started,
                      json.dumps({"run": meta.get("name"), "commit": meta.get("commit"),
-                                 "patch": meta.get("patch"), "params": {}}))
+                                 "patch": meta.get("patch"),
+                                 "params": parse_parameters(r.argv)}))
                     for r in journal.in_flight() if r.uuid not in self.recorded])
             finally:
                 journal.close()
@@ -242,7 +245,7 @@ class Index:
     def execution(self, run_id: str) -> tuple[records.Execution, Path]:
         """One execution: its record when written (read again with expegit's `read`), else
         the row of the run that has it in flight."""
-        folder = self.folder(run_id)
+        folder = self.folder(run_id, exists=False)
         if (folder / RECORD).is_file():
             try:
                 rec = read(folder)

@@ -187,6 +187,10 @@ def test_a_new_campaign_and_its_running_executions_show_up_live(tmp_path):
             assert 'driver <span class="alive">running' in body
             assert body.count('<td class="state running">') == 2  # in the table, unrecorded
             assert "running" in server.get("/").body
+            flying = re.search(rf'href="({url}/[\w-]+)">\w+</a></td>\s*<td class="args">'
+                               r'--t=2</td>\s*<td class="state running">', body)[1]
+            one = server.get(flying).body  # an execution in flight: no record yet
+            assert "not yet: the run has it in flight" in one and "<code>t=2</code>" in one
             assert run.wait(timeout=120) == 0, run.stderr.read()
         finally:
             if run.poll() is None:
@@ -198,6 +202,8 @@ def test_a_new_campaign_and_its_running_executions_show_up_live(tmp_path):
                                           re.S)[1]
         assert body.count('<td class="state completed">') == 4
         assert "completed 4" in server.get("/").body
+        done = server.get(flying).body  # the same page, now from its record
+        assert '<td class="state completed">' in done and "not yet" not in done
 
 
 def _env() -> dict:
