@@ -42,6 +42,9 @@ def mark_output(folder: Path) -> bool:
     marker = folder / OUTPUT_MARKER
     if marker.exists():
         return True
+    if (folder.parent / OUTPUT_MARKER).exists():  # inside results already (a batch's folder):
+        folder.mkdir(parents=True, exist_ok=True)  # a stat, not one more file per execution
+        return True
     if folder.is_dir() and any(folder.iterdir()):
         return False
     folder.mkdir(parents=True, exist_ok=True)
