@@ -230,6 +230,7 @@ def test_in_the_browser_click_through_a_campaign_while_it_runs(tmp_path, page):
     with serving(tmp_path / "served") as server:
         page.goto(server.url + "/")
         assert "completed 2" in page.inner_text("#records")
+        page.screenshot(path=shots / "overview-campaign.png", full_page=True)
         page.click("text=pictures")
         page.wait_for_selector("table.executions")
         page.evaluate("window.sameDocument = true")
@@ -265,7 +266,8 @@ def test_in_the_browser_click_through_a_campaign_while_it_runs(tmp_path, page):
         page.click("#stderr-whole")
         assert "careful with --lr=0.7" in page.inner_text("body")
     assert all((shots / f).stat().st_size > 5000 for f in
-               ("campaign.png", "campaign-running.png", "campaign-execution.png"))
+               ("overview-campaign.png", "campaign.png", "campaign-running.png",
+                "campaign-execution.png"))
 
 
 def test_launch_a_campaign_run_at_a_commit_then_run_its_failures_again(tmp_path):
