@@ -21,7 +21,13 @@ from typing import Callable
 import anyio
 
 from liborchestra import events, node_agent
-from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError, SSHError
+from liborchestra.errors import (
+    CodeMissing,
+    ConnectionLostError,
+    LaunchError,
+    OrchestraError,
+    SSHError,
+)
 from liborchestra.shell import Pipe, Shell
 from liborchestra.transfer import ResultSink, remote_path
 
@@ -217,6 +223,10 @@ class _Client:
                                           for k, v in frame["record"].items()}))
             elif sink is not None:
                 future.set_result(sink)
+            elif frame.get("op") == "failed" and frame.get("code_missing"):
+                future.set_exception(CodeMissing(
+                    f"{self.shell.name}: the code archive is gone ({frame.get('message', '')})"
+                    "; it is sent again"))
             elif frame.get("op") == "failed":
                 future.set_exception(LaunchError(
                     f"{self.shell.name}: could not prepare the run folder of {frame['id']}: "

@@ -67,6 +67,7 @@ class Engine:
             leave=leave, fetch_ignore=fetch_ignore,
             execution=profile.scheduler.custom.execution if profile.scheduler.custom else ()),
             self.emit, self.agents)
+        self.launcher.code_missing = self.code.forget
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
         self._archives: dict[tuple, CodeArchive] = {}

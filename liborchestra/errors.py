@@ -38,6 +38,11 @@ class LaunchError(OrchestraError):
     """The remote wrapper could not start an execution."""
 
 
+class CodeMissing(LaunchError):
+    """The code archive is gone from the remote (pruned, or cleaned): the execution is lost
+    and the archive sent again for its next attempt."""
+
+
 class SchedulerError(OrchestraError):
     """A scheduler refused or failed an allocation; carries the scheduler's own message."""
 

@@ -21,7 +21,7 @@ import attrs
 
 from liborchestra import events
 from liborchestra.agent import AgentLost, Agents, Record
-from liborchestra.errors import ConnectionLostError, LaunchError, SSHError
+from liborchestra.errors import CodeMissing, ConnectionLostError, LaunchError, SSHError
 from liborchestra.execution import TAIL, Execution, Result, State
 from liborchestra.shell import Shell
 from liborchestra.slots import Slot
@@ -40,6 +40,7 @@ KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a cancelled script
 REATTACH_ATTEMPTS = 3
 PID_WAIT_POLLS = 100  # tenths of a second a starting run gets to write its pid file
 _SETUP_FAILED = 96
+_CODE_MISSING = 95
 
 
 @attrs.frozen
@@ -60,6 +61,7 @@ class Launcher:
                  agents: Agents | None = None) -> None:
         self.settings, self.emit = settings, emit
         self.agents = agents  # None: every execution through the shell wrapper
+        self.code_missing: Callable[[str, str], None] = lambda filesystem, digest: None
         self._trash: dict[Shell, list[str]] = {}
         self._scripts: dict[tuple, _Prepared] = {}
 
@@ -96,6 +98,8 @@ class Launcher:
                 await self.kill(shell, execution)
             raise
         except (SSHError, LaunchError) as error:
+            if isinstance(error, CodeMissing):
+                self.code_missing(slot.node.filesystem, archive.digest)
             down = isinstance(error, SSHError) and not isinstance(error, ConnectionLostError)
             return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
                           started=started, finished=anyio.current_time(), message=str(error),
@@ -147,7 +151,7 @@ class Launcher:
         try:
             if execution.stream:
                 status = await self._stream(shell, execution, start)
-                if status != _SETUP_FAILED:
+                if status not in (_SETUP_FAILED, _CODE_MISSING):
                     status = await shell.stream(pack, sink.write, errors.append)
             else:
                 status = await shell.stream(f"{start}\nwait $pid\n{pack}", sink.write,
@@ -156,6 +160,9 @@ class Launcher:
             self.emit(events.ConnectionProblem(shell.name, str(error)))
             sink = await self._reattach(shell, execution, pack)
             status = 0
+        if status == _CODE_MISSING:
+            raise CodeMissing(f"{shell.name}: the code archive {archive.name} is gone from "
+                              f"{self.settings.root}/code; it is sent again")
         if status != 0:
             detail = b"".join(errors).decode(errors="replace").strip()
             raise LaunchError(f"{shell.name}: could not prepare or pack the run folder of "
@@ -222,6 +229,7 @@ class Launcher:
         root = remote_path(self.settings.root)
         runner = self.runner_script(slot, execution, archive)
         return "\n".join([
+            f"[ -f {root}/code/{archive.name} ] || exit {_CODE_MISSING}",
             f"mkdir -p {self.run_dir(execution)}/{INTERNAL} && cd {self.run_dir(execution)} "
             f"&& tar -xf {root}/code/{archive.name} || exit {_SETUP_FAILED}",
             f": > {INTERNAL}/stdout; : > {INTERNAL}/stderr; touch {INTERNAL}/unpacked",

@@ -15,7 +15,8 @@ Protocol, both ways: frames of one JSON header line, then `size` raw bytes and a
 size > 0 (the newline because `srun` holds a partial line back until one comes).
   driver -> agent  {"op": "run", "id", "dir", "archive", "runner", "ignore": [patterns]}
   agent -> driver  {"op": "hello", "protocol", "python"} once at start;
-                   {"op": "started", "id", "pid"}; {"op": "failed", "id", "message"};
+                   {"op": "started", "id", "pid"};
+                   {"op": "failed", "id", "message", "code_missing": bool};
                    {"op": "done", "id", "size"} followed by a tar of the results, or
                    {"op": "done", "id", "record": {name: base64}} when there are only the
                    run's small stdout, stderr and ecode
@@ -110,6 +111,10 @@ def _expand(path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(os.path.expanduser("~"), path)
 
 
+class CodeMissing(Exception):
+    """The code archive is gone (pruned or cleaned): the driver sends it again."""
+
+
 class Agent:
     def __init__(self, out) -> None:
         self.out = out
@@ -134,7 +139,8 @@ class Agent:
         try:
             run, proc = self.start(order)
         except Exception as error:  # one execution's setup failed: say so, serve the others
-            self.send({"op": "failed", "id": ident, "message": str(error)})
+            self.send({"op": "failed", "id": ident, "message": str(error),
+                       "code_missing": isinstance(error, CodeMissing)})
             return
         self.send({"op": "started", "id": ident, "pid": proc.pid})
         threading.Thread(target=self.finish, args=(ident, run, proc, order.get("ignore", [])),
@@ -146,7 +152,10 @@ class Agent:
         internal = os.path.join(run, INTERNAL)
         os.makedirs(internal, exist_ok=True)
         archive = _expand(order["archive"])
-        os.utime(archive)  # used now: the code cache keeps the most recently used archives
+        try:
+            os.utime(archive)  # used now: the code cache keeps the most recently used archives
+        except FileNotFoundError:
+            raise CodeMissing(f"no code archive {archive}") from None
         with tarfile.open(archive, mode="r:") as tar:
             if hasattr(tarfile, "fully_trusted_filter"):  # our own archive, made by the driver
                 tar.extractall(run, filter="fully_trusted")

@@ -234,6 +234,11 @@ class CodeCache:
         self.uploads = 0
         self.bytes_sent = 0
 
+    def forget(self, filesystem: str, digest: str) -> None:
+        """The archive was found missing there (pruned or cleaned since): check, and send it
+        again, at its next use."""
+        self._present.discard((filesystem, digest))
+
     async def ensure(self, shell: Shell, filesystem: str, root: str,
                      archive: CodeArchive) -> bool:
         """Make sure `root/code/<digest>.tar` exists and is intact; True when it was sent now."""

@@ -175,3 +175,24 @@ def test_a_relative_directory_is_taken_from_home_with_or_without_the_agent(tmp_p
     assert done.returncode == 0, done.stderr
     assert [r[1] for r in rows(tmp_path / "batch/rel")] == ["completed"] * 3
     assert (home / "remote" / "code").is_dir()  # the code went under $HOME/remote
+
+
+@pytest.mark.parametrize("agent", [True, False])
+def test_code_archive_removed_mid_batch_is_sent_again(tmp_path, agent):
+    """Pruned by another driver or by `runaway clean` while this one waited: the execution
+    that finds it gone is lost and requeued, and the archive is sent again (it was believed
+    present for good, so every later start failed)."""
+    remote = tmp_path / "remote"
+    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\nsleep 0.3\n")
+    profile = write_profile(tmp_path / "profiles", "loc", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(remote), "agent": agent})
+    proc = _batch(profile, script, "gone", 16, tmp_path)
+    seen = _events(proc, until=lambda s: len(_names(s, "ExecutionStarted")) >= 4)
+    for archive in (remote / "code").glob("*.tar"):
+        archive.unlink()
+    seen += _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    final = rows(tmp_path / "batch/gone")
+    assert [r[1] for r in final] == ["completed"] * 16
+    assert sum(r[2] for r in final) >= 1  # the one that found it gone was lost, then re-run
+    assert len(_names(seen, "CodeSent")) == 2
