@@ -5,14 +5,13 @@ without the engine, asyncssh and rich."""
 from __future__ import annotations
 
 import argparse
-import uuid
 
 import anyio
 
 from expegit import code
 from expegit import record as records
 from expegit.campaign import Campaign, CampaignError
-from expegit.run import Plan, drive, new_run, open_run
+from expegit.run import Plan, drive, new_run, open_run, reruns
 from liborchestra._fields import parse_duration
 from liborchestra.driver import Policy
 from runaway.interrupts import Interrupts
@@ -95,18 +94,14 @@ async def _rerun(args: argparse.Namespace, renderer: _Renderer, signals: Interru
         chosen = [records.read(records.find(campaign.runs, r)) for r in args.runs]
     if not chosen:
         raise CampaignError("nothing to rerun (give RUN ids, or --failed)")
-    groups: dict[tuple, list[records.Record]] = {}
-    for rec in chosen:
-        groups.setdefault((rec.script, rec.profile, rec.commit, rec.patch), []).append(rec)
     status = 0
-    for (script, profile, commit, patch), recs in groups.items():
-        rev = args.commit or commit
-        if patch and not args.commit:
-            code.export(campaign, code.CodeVersion(commit, patch))
-        plan = _plan(args, args.profile or profile, script, rev, False)
-        rows = [(str(uuid.uuid4()), r.arguments, r.label, {"rerun_of": r.id}) for r in recs]
-        journal = new_run(campaign, plan, None, rows=rows,
-                          patch=None if args.commit else patch)
+    for again in reruns(chosen):
+        rev = args.commit or again.commit
+        if again.patch and not args.commit:
+            code.export(campaign, code.CodeVersion(again.commit, again.patch))
+        plan = _plan(args, args.profile or again.profile, again.script, rev, False)
+        journal = new_run(campaign, plan, None, rows=again.rows,
+                          patch=None if args.commit else again.patch)
         status = max(status, await _drive(campaign, journal, renderer, signals, args.json))
     return status
 

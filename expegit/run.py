@@ -106,6 +106,29 @@ def new_run(campaign: Campaign, plan: Plan, sweep: Sweep | None,
     return journal
 
 
+@attrs.frozen
+class Rerun:
+    """Records run again together: a run fixes one script, profile, commit and patch."""
+
+    script: str
+    profile: str
+    commit: str
+    patch: str | None
+    rows: tuple[tuple, ...]  # (uuid, argv, label, {"rerun_of": record id})
+
+
+def reruns(chosen: Iterable) -> list[Rerun]:
+    """The runs that run `chosen` records again (`expegit rerun`, and the web page's button),
+    each row linked to the record it repeats."""
+    groups: dict[tuple, list] = {}
+    for rec in chosen:
+        groups.setdefault((rec.script, rec.profile, rec.commit, rec.patch), []).append(rec)
+    return [Rerun(script, profile, commit, patch,
+                  tuple((str(uuid.uuid4()), r.arguments, r.label, {"rerun_of": r.id})
+                        for r in recs))
+            for (script, profile, commit, patch), recs in groups.items()]
+
+
 def open_run(campaign: Campaign, name: str | None) -> Journal:
     """The journal of the run `name` of this clone (default: the latest)."""
     base = campaign.local / "journals"

@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import shlex
-import uuid as uuidlib
 from pathlib import Path
 
 import anyio
@@ -204,31 +203,25 @@ class Runs:
         return new_run(campaign, plan, sweep_from_args(args)), campaign
 
     def _make_reruns(self, root: Path) -> tuple[list[tuple[Journal, object]], int]:
-        """`expegit rerun --failed` composed from expegit's public calls: the failed and lost
-        records, grouped by script, profile, commit and patch, each group a new run (its rows
-        linked by `rerun_of`)."""
+        """`expegit rerun --failed`: the failed and lost records, each of expegit's reruns a
+        new run (its rows linked by `rerun_of`)."""
         from expegit.campaign import Campaign
         from expegit.code import CodeVersion, export
         from expegit.record import all_records
-        from expegit.run import Plan, new_run
+        from expegit.run import Plan, new_run, reruns
 
         campaign = Campaign.open(root)
-        groups: dict[tuple, list] = {}
-        for rec in all_records(campaign.runs):
-            if rec.state in ("failed", "lost"):
-                groups.setdefault((rec.script, rec.profile, rec.commit, rec.patch),
-                                  []).append(rec)
-        if not groups:
+        again = reruns(r for r in all_records(campaign.runs) if r.state in ("failed", "lost"))
+        if not again:
             raise LaunchError("no failed or lost execution to run again")
         made = []
-        for (script, profile, commit, patch), recs in groups.items():
-            if patch:
-                export(campaign, CodeVersion(commit, patch))
-            rows = [(str(uuidlib.uuid4()), r.arguments, r.label, {"rerun_of": r.id})
-                    for r in recs]
-            plan = Plan(profile=profile, script=script, rev=commit)
-            made.append((new_run(campaign, plan, None, rows=rows, patch=patch), campaign))
-        return made, sum(len(v) for v in groups.values())
+        for run in again:
+            if run.patch:
+                export(campaign, CodeVersion(run.commit, run.patch))
+            plan = Plan(profile=run.profile, script=run.script, rev=run.commit)
+            made.append((new_run(campaign, plan, None, rows=run.rows, patch=run.patch),
+                         campaign))
+        return made, sum(len(run.rows) for run in again)
 
     def under(self, folder: Path) -> list[Run]:
         """The runs driven here now whose journal lies under `folder`."""
@@ -315,13 +308,13 @@ class Runs:
         await drive(run.campaign, journal, started=started)
 
     async def _search(self, journal: Journal, meta: dict, run: Run) -> None:
-        from parasearch.cli import _settings
+        from parasearch.cli import settings_of
         from parasearch.search import SearchSource
         from parasearch.store import Store
 
         store = Store(str(meta["storage"]), str(meta["name"]))
         try:
-            settings = _settings(meta, store.meta(), journal.path.parent)
+            settings = settings_of(meta, store.meta(), journal.path.parent)
             async with Engine(load_profile(str(meta["profile"])),
                               leave=str(meta["leave"])) as engine:
                 source = SearchSource(engine, settings, store, str(meta["driver_id"]))

@@ -138,7 +138,9 @@ def run() -> None:
 SHARED = ("template", "priors", "algo", "n", "seed", "maximize", "max_broken")  # in the store
 
 
-def _settings(meta: dict, shared: dict, folder: Path) -> SearchSettings:
+def settings_of(meta: dict, shared: dict, folder: Path) -> SearchSettings:
+    """A driver's search settings from its journal's meta and the store's (resume, and the
+    web page driving a search it launched)."""
     template = Template(tuple((text, name) for text, name in shared["template"]))
     return SearchSettings(
         script=Path(meta["script"]), output=folder, template=template,
@@ -244,7 +246,7 @@ def _resumed(args: argparse.Namespace) -> tuple[Journal, Store]:
 async def _search(journal: Journal, store: Store, args: argparse.Namespace,
                   renderer: Renderer, interrupts: Interrupts) -> int:
     meta = journal.meta()
-    settings = _settings(meta, store.meta(), journal.path.parent)
+    settings = settings_of(meta, store.meta(), journal.path.parent)
     profile = load_profile(str(meta["profile"]))
     with journal.lease():
         async with Engine(profile, leave=str(meta["leave"])) as engine:
