@@ -84,10 +84,6 @@ class Agents:
                                                     self._tg)
         return await client.run(order)
 
-    def up(self) -> int:
-        """How many agents are running now."""
-        return sum(1 for c in self._clients.values() if c.pipe is not None)
-
 
 class _Client:
     def __init__(self, shell: Shell, root: str, python: str,
