@@ -60,7 +60,8 @@ def test_missing_and_non_executable_scripts(tmp_path):
 
 
 def test_ctrl_c_is_a_keyboard_interrupt(tmp_path):
-    slow = write_script(tmp_path / "code", "slow.sh", "echo go; sleep 60\n")
+    running = tmp_path / "running"
+    slow = write_script(tmp_path / "code", "slow.sh", f"touch {running}; sleep 60\n")
     program = tmp_path / "prog.py"
     program.write_text(textwrap.dedent(f"""\
         import sys
@@ -68,7 +69,8 @@ def test_ctrl_c_is_a_keyboard_interrupt(tmp_path):
         try:
             with SyncEngine(load_profile({str(local_profile(tmp_path))!r})) as engine:
                 print("ready", flush=True)
-                engine.submit(Execution({str(slow)!r})).result()
+                result = engine.submit(Execution({str(slow)!r})).result()
+                print("returned", result.state, result.message, flush=True)
         except KeyboardInterrupt:
             print("KeyboardInterrupt", flush=True)
             sys.exit(7)
@@ -77,11 +79,14 @@ def test_ctrl_c_is_a_keyboard_interrupt(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
-        time.sleep(2)  # the script is running
+        deadline = time.monotonic() + 60
+        while not running.exists():  # the script is running, whatever the machine's load
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
         proc.send_signal(subprocess.signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 7, err
+    assert proc.returncode == 7, (out, err)
     assert "KeyboardInterrupt" in out and "Group" not in err
