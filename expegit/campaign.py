@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,8 @@ class Settings:
     """What every clone shares about the campaign (committed in expegit.yml)."""
 
     schema: int = SCHEMA
+    id: str = ""  # made at init: two campaigns never share a first commit (made in the same
+    # second from the same code, they did, and git then took one for the other's history)
     large_threshold: int = DEFAULT_THRESHOLD
     large: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     annex: bool = False
@@ -149,7 +152,8 @@ class Campaign:
                 submodule(repo, "add", "--", url, CODE)
             with git_errors(f"{code}: the code repository has no commit"):
                 git.Repo(folder / CODE).head.commit  # noqa: B018 (raises when empty)
-            settings = Settings(large_threshold=threshold, large=large, annex=annex)
+            settings = Settings(id=uuid.uuid4().hex, large_threshold=threshold, large=large,
+                                annex=annex)
             (folder / SETTINGS).write_text(settings.to_yaml())
             (folder / RUNS).mkdir()
             (folder / RUNS / ".gitkeep").touch()

@@ -64,8 +64,11 @@ def test_ctrl_c_is_a_keyboard_interrupt(tmp_path):
     slow = write_script(tmp_path / "code", "slow.sh", f"touch {running}; sleep 60\n")
     program = tmp_path / "prog.py"
     program.write_text(textwrap.dedent(f"""\
-        import sys
+        import signal, sys
         from liborchestra import Execution, SyncEngine, load_profile
+        # as in a terminal: a test run started in the background (`cmd &`) inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler at all
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             with SyncEngine(load_profile({str(local_profile(tmp_path))!r})) as engine:
                 print("ready", flush=True)
