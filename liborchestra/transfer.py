@@ -8,7 +8,6 @@ or changed (minus `.fetchignore` globs), plus its stdout, stderr and exit code.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import heapq
 import io
@@ -25,6 +24,7 @@ import anyio
 import attrs
 
 from liborchestra.errors import TransferError
+from liborchestra.node_agent import ignored
 from liborchestra.shell import Shell
 
 OUTPUT_MARKER = ".orchestra-output"  # written into local output folders; never shipped back out
@@ -94,18 +94,7 @@ class IgnoreRules:
         return cls(tuple(line for line in lines if line and not line.startswith("#")))
 
     def ignores(self, relpath: str, is_dir: bool) -> bool:
-        name = relpath.rsplit("/", 1)[-1]
-        for pattern in self.patterns:
-            dir_only = pattern.endswith("/")
-            pattern = pattern.rstrip("/")
-            if dir_only and not is_dir:
-                continue
-            if "/" in pattern:
-                if fnmatch.fnmatchcase(relpath, pattern.lstrip("/")):
-                    return True
-            elif fnmatch.fnmatchcase(name, pattern):
-                return True
-        return False
+        return ignored(self.patterns, relpath, is_dir)  # the node agent's rules, written once
 
     def find_predicates(self) -> str:
         """The same rules as `find` tests, for pruning on the remote side."""
