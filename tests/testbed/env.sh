@@ -17,8 +17,9 @@
 : "${TB_PBS_BIN:=/opt/pbs-compat/bin}"
 : "${TB_CACHE:=/var/cache/testbed}"      # downloaded .deb of slurm-wlm-torque (kept across down)
 : "${TB_PG_PORT:=55432}"                 # PostgreSQL on 127.0.0.1 (shared search stores; 0 = none)
+: "${TB_JUMP_PORT:=2200}"                # second sshd per host (jump-sshd.sh); nodes accept it only from login
 export TB TB_USER TB_NET TB_NODES TB_CPUS TB_MEM TB_LOCAL_SSH_PORT TB_SGE TB_ACCOUNTING TB_PBS \
-       TB_TIMEOUT TB_BRIDGE TB_PBS_BIN TB_CACHE TB_PG_PORT
+       TB_TIMEOUT TB_BRIDGE TB_PBS_BIN TB_CACHE TB_PG_PORT TB_JUMP_PORT
 
 TB_HOSTS="login $TB_NODES"
 

@@ -188,6 +188,8 @@ done
 {
     for h in $TB_HOSTS; do
         echo "$h,$(tb_ip "$h") $(cut -d' ' -f1,2 "$TB/ssh/host-$h/ssh_host_ed25519_key.pub")"
+        # the same host key on the second sshd (jump-sshd.sh)
+        echo "[$h]:$TB_JUMP_PORT,[$(tb_ip "$h")]:$TB_JUMP_PORT $(cut -d' ' -f1,2 "$TB/ssh/host-$h/ssh_host_ed25519_key.pub")"
     done
     if [ "$TB_LOCAL_SSH_PORT" != 0 ]; then
         echo "[127.0.0.1]:$TB_LOCAL_SSH_PORT,[localhost]:$TB_LOCAL_SSH_PORT $(cut -d' ' -f1,2 "$TB/ssh/host-local/ssh_host_ed25519_key.pub")"
@@ -497,6 +499,8 @@ for h in $TB_HOSTS; do
     fi
 done
 [ -n "$started" ] && step "sshd started on:$started"
+# the second sshd on :$TB_JUMP_PORT (nodes: only from login), for ProxyJump chains
+"$HERE/jump-sshd.sh" start | while read -r line; do step "${line#\[testbed\] }"; done
 
 # ---------------------------------------------------------------------------------------------
 # Son of Grid Engine
@@ -745,7 +749,7 @@ fi
         "$TB" "$TB_USER" "$TB/ssh/id_ed25519" "$TB/ssh/known_hosts"
     printf '  "local_port": %s,\n  "cpus": %s,\n  "sge": %s,\n  "accounting": %s,\n  "pbs": %s,\n' \
         "$TB_LOCAL_SSH_PORT" "$TB_CPUS" "$TB_SGE" "$TB_ACCOUNTING" "$TB_PBS"
-    printf '  "pbs_bin": "%s",\n' "$TB_PBS_BIN"
+    printf '  "pbs_bin": "%s",\n  "jump_port": %s,\n' "$TB_PBS_BIN" "$TB_JUMP_PORT"
     if [ "$TB_PG_PORT" != 0 ]; then
         printf '  "postgres": "postgresql://orchestra:%s@127.0.0.1:%s/searches",\n' \
             "$PG_PASSWORD" "$TB_PG_PORT"
