@@ -20,7 +20,8 @@ one would exceed the budget. Its answer is the configuration with the best obser
 the highest fidelity it reached; regret = that configuration's noise-free full-fidelity loss
 - Branin's optimum.
 
-    .venv/bin/python -m bench.parasearch_fidelity [--quick] [--seeds 30] [--high 27|81]
+    .venv/bin/python -m bench.parasearch_fidelity [--quick] [--seeds 30] [--first-seed 0]
+        [--high 27|81] [--json FILE]
 
 (run as `/work/bench-venv/bin/python bench/parasearch_fidelity.py --orion-worker` it is the
 Oríon side; only numpy and orion are imported there.)
@@ -162,16 +163,17 @@ TOOLS = ("parasearch asha", "parasearch hyperband", "random, full fidelity",
          *(f"Oríon 0.2.7 {algo}" for algo in ORION_ALGOS))
 
 
-def measure(seeds: int = 30) -> dict:
+def measure(seeds: int = 30, first: int = 0) -> dict:
     if not ORION_PYTHON.exists():
         raise SystemExit(f"bench: {ORION_PYTHON} is missing: python3 -m venv /work/bench-venv "
                          "&& /work/bench-venv/bin/pip install orion==0.2.7 typing_extensions")
     # Oríon's side runs in its own process meanwhile (quality does not depend on load)
     orion = subprocess.Popen([str(ORION_PYTHON), __file__, "--orion-worker", "--seeds",
-                              str(seeds), "--high", str(HIGH)], stdout=subprocess.PIPE,
+                              str(seeds), "--first-seed", str(first), "--high", str(HIGH)],
+                             stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     results: dict[str, list[dict]] = {tool: [] for tool in TOOLS}  # Oríon's: when it ends
-    for seed in range(seeds):
+    for seed in range(first, first + seeds):
         results["parasearch asha"].append(run_ours("asha", seed))
         results["parasearch hyperband"].append(run_ours("hyperband", seed))
         results["random, full fidelity"].append(run_ours("random", seed))
@@ -182,7 +184,7 @@ def measure(seeds: int = 30) -> dict:
         if line:
             run = json.loads(line)
             results[f"Oríon 0.2.7 {run.pop('algo')}"].append(run)
-    return {"seeds": seeds, "results": results}
+    return {"seeds": seeds, "first": first, "high": HIGH, "results": results}
 
 
 def summary(result: dict) -> list[dict]:
@@ -210,7 +212,8 @@ def print_table(result: dict, rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title=f"multi-fidelity search, budget {BUDGET} epochs (= {FULL_EVALS} "
-                        f"evaluations at {HIGH}), medians over {result['seeds']} seeds",
+                        f"evaluations at {HIGH}), medians over seeds {result['first']}-"
+                        f"{result['first'] + result['seeds'] - 1}",
                   caption=f"learning-curve Branin: gap {GAP} x x3 at low fidelity, noise "
                           f"{NOISE}/sqrt(epochs); ratio = parasearch asha / the row's regret")
     for column in ("tool", "median regret", "IQR", "ratio", "P(our asha lower)",
@@ -241,6 +244,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 seeds")
     parser.add_argument("--seeds", type=int, default=30)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first..first+seeds-1 (another range guards against "
+                             "improvements fitted to seeds 0-29)")
     parser.add_argument("--high", type=int, default=HIGH, help="full fidelity (epochs)")
     parser.add_argument("--orion-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write every run here")
@@ -248,9 +254,9 @@ def main() -> None:
     seeds = 10 if options.quick else options.seeds
     configure(options.high)
     if options.orion_worker:
-        orion_worker(list(range(seeds)))
+        orion_worker(list(range(options.first_seed, options.first_seed + seeds)))
         return
-    result = measure(seeds)
+    result = measure(seeds, options.first_seed)
     print_table(result, summary(result))
     if options.json:
         options.json.write_text(json.dumps(result))
