@@ -21,9 +21,9 @@ from expegit.source import CampaignSource, RunSettings
 from liborchestra import events
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
+from liborchestra.federation import load_profiles, open_engine, profile_ref
 from liborchestra.journal import Journal, default_name
 from liborchestra.params import Sweep
-from liborchestra.profile import load_profile
 
 
 @attrs.frozen
@@ -78,7 +78,7 @@ def new_run(campaign: Campaign, plan: Plan, sweep: Sweep | None,
     argv, label, payload) replace the sweep, and `patch` a stored patch on `plan.rev`
     (reruns: the working tree of code/ plays no part)."""
     script = script_in_code(campaign, plan.script)
-    profile = load_profile(plan.profile)  # fails now, not after the journal exists
+    profiles = load_profiles(plan.profile)  # fails now, not after the journal exists
     name = plan.name or default_name(Path(script).stem)
     path = journal_path(campaign, name)
     if path.exists():
@@ -94,7 +94,8 @@ def new_run(campaign: Campaign, plan: Plan, sweep: Sweep | None,
     if not (tree / script).is_file():
         raise CampaignError(f"{script}: not in code/ at commit {version.commit[:12]}")
     ship = {k: str(v.resolve()) for k, v in sweep.ship.items()} if sweep is not None else {}
-    meta = {"name": name, "profile": _profile_ref(plan.profile), "profile_name": profile.name,
+    meta = {"name": name, "profile": profile_ref(plan.profile),
+            "profile_name": ",".join(p.name for p in profiles),
             "script": script, "commit": version.commit, "patch": version.patch,
             "tree": str(tree), "duration": plan.duration, "leave": plan.leave,
             "send_ignore": plan.send_ignore, "fetch_ignore": plan.fetch_ignore, "ship": ship,
@@ -160,8 +161,7 @@ async def drive(campaign: Campaign, journal: Journal,
         settings = settings_of(meta)
         if not settings.tree.is_dir():  # a resume after the exported tree was cleaned
             code.export(campaign, code.CodeVersion(settings.commit, settings.patch))
-        profile = load_profile(str(meta["profile"]))
-        async with Engine(profile, leave=str(meta["leave"]),
+        async with open_engine(str(meta["profile"]), leave=str(meta["leave"]),
                           send_ignore=str(meta["send_ignore"]),
                           fetch_ignore=str(meta["fetch_ignore"]),
                           listeners=listeners) as engine:
@@ -174,6 +174,3 @@ async def drive(campaign: Campaign, journal: Journal,
     return journal.counts()
 
 
-def _profile_ref(text: str) -> str:
-    path = Path(text).expanduser()
-    return str(path.resolve()) if path.is_file() else text

@@ -20,6 +20,7 @@ import contextlib
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -31,6 +32,9 @@ from liborchestra.journal import Row
 from liborchestra.schedulers import Node
 from liborchestra.shell import LocalShell, Shell, SSHShell
 from liborchestra.transfer import CODE_IN_USE_GRACE, INTERNAL, remote_path
+
+if TYPE_CHECKING:
+    from liborchestra.federation import Federation
 
 STARTING_GRACE = 120.0  # seconds a run folder without a pid file is taken to be starting
 FETCH_GRACE = 3600.0  # seconds a finished run unknown to the journals here may await its fetch
@@ -265,7 +269,7 @@ async def remove(engine: Engine, found: Inventory) -> Inventory:
     return Inventory(found.root, tuple(gone_archives), tuple(gone_runs), found.notes)
 
 
-async def remove_leftovers(engine: Engine, rows: Iterable[Row], script: Path) -> int:
+async def remove_leftovers(engine: Engine | Federation, rows: Iterable[Row], script: Path) -> int:
     """Kill what may still run of these rows' runs (not in flight: left by an interrupted
     driver, a triple Ctrl-C or a cancel) and remove their run folders now. Returns how many
     rows had a run to look at."""
@@ -275,11 +279,11 @@ async def remove_leftovers(engine: Engine, rows: Iterable[Row], script: Path) ->
     async def one(row: Row) -> None:
         async with limiter:
             with contextlib.suppress(OrchestraError):
-                shell = engine.shell(engine.scheduler.reach(row.node, row.allocation))
-                await engine.launcher.kill(shell, Execution(script=script, uuid=row.run))
+                await engine.kill_run(Execution(script=script, uuid=row.run), row.node,
+                                      row.allocation)
 
     async with anyio.create_task_group() as tg:
         for row in todo:
             tg.start_soon(one, row)
-    await engine.launcher.sweep()
+    await engine.sweep()
     return len(todo)

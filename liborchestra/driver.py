@@ -213,9 +213,9 @@ class Driver:
         the journal's counts. Raises CanaryFailed when the canary fails."""
         stale = self.journal.live_allocations()  # before this engine grants any
         names = list(self.journal.meta().get("scheduler_names") or [])
-        mine = getattr(self.engine.scheduler, "name", None)
-        if mine:  # so that a resume can sweep what a killed request left under this name
-            self.journal.set_meta("scheduler_names", [*names, mine][-20:])
+        mine = self.engine.job_names()
+        if mine:  # so that a resume can sweep what a killed request left under these names
+            self.journal.set_meta("scheduler_names", [*names, *mine][-20:])
         with anyio.CancelScope() as self._scope:
             try:
                 async with self.source.open(self), anyio.create_task_group() as tg:

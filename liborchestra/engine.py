@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import anyio
 import anyio.from_thread
@@ -144,9 +144,12 @@ class Engine:
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def submit(self, execution: Execution) -> asyncio.Future[Result]:
+    def submit(self, execution: Execution,
+               ticket: Ticket | None = None) -> asyncio.Future[Result]:
         """Queue an execution; the future resolves to its Result (never raises for failures
-        of the script or the infrastructure: those are states of the Result)."""
+        of the script or the infrastructure: those are states of the Result). With a
+        `ticket`, engines of several clusters compete for it: it runs where a slot frees
+        first (see liborchestra.federation); an engine that loses says nothing."""
         if self._tg is None:
             raise RuntimeError("use the engine inside `async with`")
         check_runnable(execution.script)
@@ -156,14 +159,14 @@ class Engine:
         if self._pending == 0:
             self._idle = anyio.Event()
         self._pending += 1
-        self._tg.start_soon(self._execute, execution, future, scope)
+        self._tg.start_soon(self._execute, execution, future, scope, ticket)
         return future
 
     async def run(self, execution: Execution) -> Result:
         return await self.submit(execution)
 
     async def _execute(self, execution: Execution, future: asyncio.Future[Result],
-                       scope: anyio.CancelScope) -> None:
+                       scope: anyio.CancelScope, ticket: Ticket | None) -> None:
         result: Result | None = None
         running = _Running(scope)
         asked, scratch = execution, None
@@ -172,7 +175,7 @@ class Engine:
             execution = attrs.evolve(execution, output=scratch)
         try:
             with scope:
-                result = await self._place(execution, running)
+                result = await self._place(execution, running, ticket)
             if result is None and running.lost:
                 result = Result(execution, State.LOST, node=running.node, message=running.lost)
             elif result is None and running.drained:
@@ -194,13 +197,15 @@ class Engine:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
             if result is not None:
-                self.emit(events.ExecutionFinished(result))
+                if ticket is None or ticket.winner is self:
+                    self.emit(events.ExecutionFinished(result))
                 if not future.done():
                     future.set_result(result)
             elif not future.done():
                 future.cancel()
 
-    async def _place(self, execution: Execution, running: _Running) -> Result:
+    async def _place(self, execution: Execution, running: _Running,
+                     ticket: Ticket | None = None) -> Result | None:
         archive = await self._archive(execution.code_dir, execution.ship)
         if self.draining:
             return Result(execution, State.CANCELLED, message="drained before it started")
@@ -209,6 +214,10 @@ class Engine:
             slot = await self.slots.acquire(execution.duration)
         finally:
             self._waiting.discard(running)
+        if ticket is not None and not ticket.take(self):  # another cluster's slot was first
+            with anyio.CancelScope(shield=True):
+                await self.slots.release(slot)
+            return None
         running.node = slot.node.name
         on_allocation = self._running.setdefault(slot.allocation.id, [])
         on_allocation.append(running)
@@ -267,11 +276,34 @@ class Engine:
         with contextlib.suppress(OrchestraError), anyio.move_on_after(60):
             await self.scheduler.release(Allocation(id=allocation_id, nodes=()))
 
+    def job_names(self) -> list[str]:
+        """The names this engine's allocation requests carry (for `sweep_stale` later)."""
+        name = getattr(self.scheduler, "name", None)
+        return [name] if name else []
+
+    def locate(self, node: str, allocation: str | None = None) -> tuple[Engine, str, str | None]:
+        """The engine that runs on `node`, with the node and allocation as it knows them (a
+        federation routes its qualified names; one engine is its own)."""
+        return self, node, allocation
+
+    def node_shell(self, node: str, allocation: str | None = None) -> Shell:
+        """A shell on a node of one of this engine's allocations (known by name)."""
+        return self.shell(self.scheduler.reach(node, allocation))
+
+    async def sweep(self) -> None:
+        """Remove now the run folders of finished executions (batched, normally each second)."""
+        await self.launcher.sweep()
+
+    async def kill_run(self, execution: Execution, node: str,
+                       allocation: str | None = None) -> None:
+        """Kill what may still run of `execution` on `node` and remove its run folder."""
+        await self.launcher.kill(self.node_shell(node, allocation), execution)
+
     async def recover(self, execution: Execution, node: str, slot: str | None = None,
                       allocation: str | None = None) -> Result | None:
         """The result of a run an earlier driver started on `node` (resume), or None when
         there is nothing to recover. Raises SSHError while the node cannot be reached."""
-        shell = self.shell(self.scheduler.reach(node, allocation))
+        shell = self.node_shell(node, allocation)
         result = await self.launcher.recover(shell, execution, node, slot)
         if result is not None:
             result = _wall_clock(result)
@@ -338,6 +370,15 @@ class _Running:
     node: str | None = None
     lost: str = ""  # why the infrastructure took it away
     drained: bool = False
+
+
+class Ticket(Protocol):
+    """One execution that several engines compete for (liborchestra.federation)."""
+
+    winner: object | None
+
+    def take(self, engine: Engine) -> bool:
+        """Called by an engine holding a free slot: True when it is first (it runs it)."""
 
 
 class SyncEngine:

@@ -26,8 +26,8 @@ from liborchestra.batch import BatchSettings, SweepSource, keep_attempt
 from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
+from liborchestra.federation import open_engine
 from liborchestra.journal import Journal, default_name
-from liborchestra.profile import load_profile
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +292,9 @@ class Runs:
             post_command=meta.get("post_command"),
             duration=parse_duration(meta["duration"]) if meta.get("duration") else None,
             ship=tuple((k, Path(v)) for k, v in (meta.get("ship") or {}).items()))
-        async with Engine(load_profile(str(meta["profile"])), leave=str(meta["leave"]),
-                          send_ignore=str(meta["send_ignore"]),
-                          fetch_ignore=str(meta["fetch_ignore"])) as engine:
+        async with open_engine(str(meta["profile"]), leave=str(meta["leave"]),
+                               send_ignore=str(meta["send_ignore"]),
+                               fetch_ignore=str(meta["fetch_ignore"])) as engine:
             run.driver = Driver(engine, journal, SweepSource(engine, settings),
                                 Policy.from_meta(meta))
             await run.driver.run()
@@ -315,8 +315,8 @@ class Runs:
         store = Store(str(meta["storage"]), str(meta["name"]))
         try:
             settings = settings_of(meta, store.meta(), journal.path.parent)
-            async with Engine(load_profile(str(meta["profile"])),
-                              leave=str(meta["leave"])) as engine:
+            async with open_engine(str(meta["profile"]),
+                                   leave=str(meta["leave"])) as engine:
                 source = SearchSource(engine, settings, store, str(meta["driver_id"]))
                 run.driver = Driver(engine, journal, source, Policy.from_meta(meta))
                 await run.driver.run()

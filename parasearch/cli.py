@@ -23,10 +23,10 @@ import anyio
 from liborchestra import __version__
 from liborchestra._fields import Bad, parse_duration
 from liborchestra.driver import Driver, Policy
-from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
+from liborchestra.federation import load_profiles, open_engine, profile_ref
 from liborchestra.journal import Journal, default_name
-from liborchestra.profile import LEAVE, load_profile
+from liborchestra.profile import LEAVE
 from parasearch import trials as record
 from parasearch.arguments import Template, search_space
 from parasearch.samplers import SAMPLERS, create_sampler
@@ -190,7 +190,7 @@ def create_search(args: argparse.Namespace) -> tuple[Journal, Store]:
                              f"--algo {args.algo} ignores fidelity")
     create_sampler(args.algo, space, seed=args.seed, maximize=args.maximize)  # e.g. cmaes on
     # a categorical space: refused now, before anything is written
-    profile = load_profile(args.profile)
+    profiles = load_profiles(args.profile)
     name = args.name or default_name(args.script.stem)
     folder = record.search_folder(name, args.output)
     if (folder / record.JOURNAL).exists():
@@ -208,11 +208,10 @@ def create_search(args: argparse.Namespace) -> tuple[Journal, Store]:
             store.close()
             raise OrchestraError(f"search {name!r} exists in {shown(url)} with other "
                                  f"{', '.join(differ)}: give the same, or another --name")
-    path = Path(args.profile).expanduser()
     meta = {"name": name, "kind": "search-driver", "storage": url,
             "driver_id": f"{socket.gethostname()}-{uuidlib.uuid4().hex[:8]}",
-            "profile_name": profile.name,
-            "profile": str(path.resolve()) if path.is_file() else args.profile,
+            "profile_name": ",".join(p.name for p in profiles),
+            "profile": profile_ref(args.profile),
             "script": str(args.script.resolve()),
             "code": str(args.code.resolve()) if args.code else None,
             "parallel": args.parallel, "duration": args.duration, "leave": args.leave,
@@ -247,9 +246,8 @@ async def _search(journal: Journal, store: Store, args: argparse.Namespace,
                   renderer: Renderer, interrupts: Interrupts) -> int:
     meta = journal.meta()
     settings = settings_of(meta, store.meta(), journal.path.parent)
-    profile = load_profile(str(meta["profile"]))
     with journal.lease():
-        async with Engine(profile, leave=str(meta["leave"])) as engine:
+        async with open_engine(str(meta["profile"]), leave=str(meta["leave"])) as engine:
             if meta.get("campaign"):
                 from parasearch.campaign import CampaignSearch
 

@@ -21,9 +21,9 @@ from liborchestra.driver import Driver, Policy
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution
+from liborchestra.federation import Federation, load_profiles, open_engine, profile_ref
 from liborchestra.journal import Journal, JournalError, default_name
 from liborchestra.launch import check_runnable
-from liborchestra.profile import load_profile
 from liborchestra.transfer import OUTPUT_MARKER, build_archive
 from runaway.batches import check_name, failures, locate, post_failures
 from runaway.progress import Progress, mode_for, run_refreshing
@@ -95,18 +95,19 @@ def create_batch(args: argparse.Namespace) -> tuple[Journal, dict]:
     if args.name is not None:
         check_name(args.name)
     sweep = sweep_from_args(args)
-    profile = load_profile(args.profile)  # fails now, not after the journal exists
+    profiles = load_profiles(args.profile)  # fails now, not after the journal exists
     name = args.name or default_name(args.script.stem)
     _new_folder(_folder(args, name))
     meta = {
-        "name": name, "profile": _profile_ref(args.profile), "script": str(args.script.resolve()),
+        "name": name, "profile": profile_ref(args.profile), "script": str(args.script.resolve()),
         "code": str(args.code.resolve()) if args.code else None, "retries": args.retries,
         "crash_limit": args.crash_limit, "canary": args.canary,
         "recover_patience": args.recover_patience,
         "post_command": args.post_command, "duration": args.duration, "leave": args.leave,
         "send_ignore": args.send_ignore, "fetch_ignore": args.fetch_ignore,
         "ship": {k: str(v.resolve()) for k, v in sweep.ship.items()}, "total": sweep.count,
-        "created": time.time(), "profile_name": profile.name, "sweep": sweep_spec(args),
+        "created": time.time(), "profile_name": ",".join(p.name for p in profiles),
+        "sweep": sweep_spec(args),
     }
     journal = Journal.create(_folder(args, name) / "journal.sqlite", meta)
     journal.add((str(uuid.uuid4()), p.argv, p.label) for p in sweep)
@@ -125,7 +126,8 @@ def _new_folder(folder: Path) -> None:
                                  "new or empty folder")
 
 
-async def reap_leftovers(engine: Engine, journal: Journal, meta: dict, renderer: Renderer) -> None:
+async def reap_leftovers(engine: Engine | Federation, journal: Journal, meta: dict,
+                         renderer: Renderer) -> None:
     """Kill and remove what interrupted runs left (after a triple Ctrl-C, or a cancel): rows
     not in flight whose last run may still have a process or a run folder. Each run once
     (marked `reaped` in the row's payload)."""
@@ -145,11 +147,6 @@ async def reap_leftovers(engine: Engine, journal: Journal, meta: dict, renderer:
 def _attempt(row) -> str:
     """One attempt of a row: its run id and start time (a retry may reuse the run id)."""
     return f"{row.run}@{row.started}"
-
-
-def _profile_ref(text: str) -> str:
-    path = Path(text).expanduser()
-    return str(path.resolve()) if path.is_file() else text
 
 
 async def batch(args: argparse.Namespace, renderer: Renderer, signals) -> int:
@@ -196,7 +193,7 @@ def _same_as_journal(args: argparse.Namespace, meta: dict) -> None:
     differs = []
     if args.script is not None and str(args.script.resolve()) != meta.get("script"):
         differs.append(f"script {args.script.resolve()} (the batch runs {meta.get('script')})")
-    if args.profile is not None and _profile_ref(args.profile) != meta.get("profile"):
+    if args.profile is not None and profile_ref(args.profile) != meta.get("profile"):
         differs.append(f"profile {args.profile} (the batch uses {meta.get('profile')})")
     if sweep_given(args):
         spec, recorded = sweep_spec(args), meta.get("sweep")
@@ -266,16 +263,15 @@ def _open(args: argparse.Namespace) -> Journal:
 
 async def _drive(journal: Journal, meta: dict, renderer: Renderer, signals, json: bool) -> int:
     with journal.lease():
-        profile = load_profile(str(meta["profile"]))
         folder = journal.path.parent
         settings = BatchSettings(
             script=Path(meta["script"]), output=folder,
             code=Path(meta["code"]) if meta.get("code") else None,
             post_command=meta.get("post_command"), duration=_duration(meta.get("duration")),
             ship=tuple((k, Path(v)) for k, v in (meta.get("ship") or {}).items()))
-        async with Engine(profile, leave=str(meta["leave"]),
-                          send_ignore=str(meta["send_ignore"]),
-                          fetch_ignore=str(meta["fetch_ignore"])) as engine:
+        async with open_engine(str(meta["profile"]), leave=str(meta["leave"]),
+                               send_ignore=str(meta["send_ignore"]),
+                               fetch_ignore=str(meta["fetch_ignore"])) as engine:
             await reap_leftovers(engine, journal, meta, renderer)
             progress = Progress(journal, engine, mode_for(json), renderer.console)
             engine.listeners.append(progress.event)
@@ -321,14 +317,13 @@ async def cancel(args: argparse.Namespace, renderer: Renderer, signals) -> int:
         os.kill(int(meta["driver_pid"]), signal.SIGTERM)
         renderer.note(f"asked the driver (pid {meta['driver_pid']}) to cancel")
         return 0
-    profile = load_profile(str(meta["profile"]))
     with journal.lease():  # no driver may resume while this cleans up
-        async with Engine(profile, leave=str(meta.get("leave") or "code")) as engine:
+        async with open_engine(str(meta["profile"]),
+                               leave=str(meta.get("leave") or "code")) as engine:
             for row in journal.in_flight():
                 if row.run and row.node:
                     execution = Execution(script=Path(meta["script"]), uuid=row.run)
-                    shell = engine.shell(engine.scheduler.reach(row.node, row.allocation))
-                    await engine.launcher.kill(shell, execution)
+                    await engine.kill_run(execution, row.node, row.allocation)
                 journal.finished(row.seq, "cancelled", None, "cancelled")
             for allocation in journal.live_allocations():
                 await engine.release_stale(allocation)

@@ -15,11 +15,10 @@ from pathlib import Path
 import anyio
 import attrs
 
-from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution
+from liborchestra.federation import open_engine
 from liborchestra.journal import Journal, Row, driver_alive
-from liborchestra.profile import load_profile
 from liborchestra.shell import Shell
 from liborchestra.transfer import INTERNAL
 from runaway import batches
@@ -165,10 +164,10 @@ async def _remote(journal: Path, row: Row, follow: bool, renderer: Renderer) -> 
         meta = db.meta()
     finally:
         db.close()
-    profile = load_profile(str(meta["profile"]))
-    async with Engine(profile) as engine:
-        shell = engine.shell(engine.scheduler.reach(row.node, row.allocation))
-        run = engine.launcher.run_dir(Execution(script=Path(str(meta["script"])), uuid=row.run))
+    async with open_engine(str(meta["profile"])) as engine:
+        there, node, allocation = engine.locate(row.node, row.allocation)
+        shell = there.node_shell(node, allocation)
+        run = there.launcher.run_dir(Execution(script=Path(str(meta["script"])), uuid=row.run))
         streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
         gone = False
         async with anyio.create_task_group() as tg:

@@ -23,6 +23,7 @@ from liborchestra import driver, events
 from liborchestra.batch import PostCommandFailed, PostOutputCapped
 from liborchestra.engine import Engine
 from liborchestra.execution import State
+from liborchestra.federation import ClusterDown, Federation
 from liborchestra.journal import Journal
 from runaway.render import agent_note, code_note
 
@@ -34,7 +35,8 @@ STATES = tuple(s.value for s in (State.COMPLETED, State.FAILED, State.LOST, Stat
 
 
 class Progress:
-    def __init__(self, journal: Journal, engine: Engine, mode: str, console: Console) -> None:
+    def __init__(self, journal: Journal, engine: Engine | Federation, mode: str,
+                 console: Console) -> None:
         self.journal, self.engine, self.mode, self.console = journal, engine, mode, console
         self.start = time.monotonic()
         self._done: deque[tuple[float, int]] = deque(maxlen=120)
@@ -69,6 +71,9 @@ class Progress:
             then = f"asking again in {event.retry_in:.0f} s" if event.retry_in is not None \
                 else "the waiting executions fail"
             return f"allocation refused: {event.message}; {then}"
+        if isinstance(event, ClusterDown):
+            return (f"warning: cluster {event.cluster} cannot take work ({event.message}); "
+                    "the executions go on on the other clusters")
         if isinstance(event, driver.RecoveryWaiting):
             return f"{event.node} unreachable while recovering {event.uuid[:8]}: {event.message}"
         if isinstance(event, driver.RunFenced):
