@@ -5,7 +5,9 @@ below sshd's MaxSessions (`max_channels`, default 8 of sshd's 10). More connecti
 one handshake at a time (sshd's MaxStartups drops bursts of handshakes). A refused channel is
 back-pressure: the connection's budget shrinks and the open is retried, never failed. A dead
 connection is dropped and replaced with backoff. Nodes behind a login host are reached with
-asyncssh's `tunnel=` over a pooled connection to that host.
+asyncssh's `tunnel=` over a pooled connection to that host: the profile's jump host, else the
+ProxyJump chain of the SSH config (resolved in ssh_config.py, so that every node behind a jump
+host shares its connection and an error names the hop that failed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import anyio
 import asyncssh
 import attrs
 
+from liborchestra import ssh_config
 from liborchestra.errors import ConnectionLostError, HostKeyError, SSHError
+from liborchestra.ssh_config import HostConfig
 
 log = logging.getLogger(__name__)
 LOST_ERRORS = (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
@@ -92,6 +96,8 @@ class HostPool:
         self._connecting = False
         self._failure: SSHError | None = None
         self._failed_at = 0.0
+        self._found: HostConfig | None = None
+        self.via: Endpoint | None = endpoint.jump  # the jump host, once known
         self.stats = Stats()
 
     # -- connections ---------------------------------------------------------------------------
@@ -102,9 +108,9 @@ class HostPool:
         for attempt in range(self.limits.connect_attempts):
             try:
                 conn = await self._open()
-            except (OSError, asyncssh.Error, TimeoutError) as error:
+            except (OSError, asyncssh.Error, asyncssh.KeyImportError, TimeoutError) as error:
                 if not _transient(error) or attempt == self.limits.connect_attempts - 1:
-                    raise self._explain(error) from None
+                    raise await self._explain(error) from None
                 log.debug("connect to %s failed (%s), retrying", self.endpoint, error)
                 await anyio.sleep(delay)
                 delay *= 2
@@ -113,8 +119,25 @@ class HostPool:
                 return _Connection(conn, budget=self.limits.channels)
         raise AssertionError("unreachable")
 
+    def _resolve(self) -> HostConfig:
+        """The SSH config's word on this host (read once per pool)."""
+        if self._found is None:
+            ep = self.endpoint
+            self._found = ssh_config.resolve(ep.host, ep.port, ep.user, ep.config)
+            if ep.jump is None and ep.proxy_command is None:
+                self.via = config_jump(ep, self._found)
+        return self._found
+
+    async def _through(self, jump: Endpoint) -> asyncssh.SSHClientConnection:
+        """A connection to the jump host; its failure is reported as the jump host's."""
+        try:
+            return await self._pool.host(jump).tunnel()
+        except SSHError as error:
+            raise _hop_error(error, self.endpoint.host) from None
+
     async def _open(self) -> asyncssh.SSHClientConnection:
-        ep, options = self.endpoint, {}
+        ep, options = self.endpoint, {"ignore_encrypted": True}
+        self._resolve()
         if ep.port:
             options["port"] = ep.port
         if ep.user:
@@ -125,8 +148,8 @@ class HostPool:
             options["known_hosts"] = ep.known_hosts
         if ep.config:
             options["config"] = list(ep.config)
-        if ep.jump is not None:
-            options["tunnel"] = await self._pool.host(ep.jump).tunnel()
+        if self.via is not None:
+            options["tunnel"] = await self._through(self.via)
         if ep.proxy_command:
             options["proxy_command"] = ep.proxy_command
         with anyio.fail_after(self.limits.connect_timeout * 2):
@@ -134,17 +157,28 @@ class HostPool:
                 ep.host, keepalive_interval=self.limits.keepalive, keepalive_count_max=3,
                 connect_timeout=self.limits.connect_timeout, **options)
 
-    def _explain(self, error: BaseException) -> SSHError:
+    def _who(self) -> str:
         ep = self.endpoint
+        return f"{ep} via {self.via}" if self.via is not None and ep.jump is None else str(ep)
+
+    async def _explain(self, error: BaseException) -> SSHError:
+        ep, who = self.endpoint, self._who()
         if isinstance(error, asyncssh.HostKeyNotVerifiable):
-            return _host_key_error(ep)
+            return _host_key_error(ep, self._found, who)
         if isinstance(error, asyncssh.PermissionDenied):
-            return SSHError(f"{ep}: authentication failed (check user and identity file, "
-                            "or load the key into ssh-agent)")
+            why = await ssh_config.encrypted_key_problem(ep.identities, self._found)
+            return _failure(SSHError, who, "authentication failed: " + (
+                why or "check user and identity file, or load the key into ssh-agent"))
         if isinstance(error, SSHError):
             return error
+        if isinstance(error, asyncssh.KeyImportError):
+            return _failure(SSHError, who, f"cannot use an identity file: {error}")
+        if isinstance(error, (FileNotFoundError, PermissionError)) and error.filename:
+            return _failure(SSHError, who, f"cannot read {error.filename}: {error.strerror}")
         reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)
-        return SSHError(f"{ep}: unreachable: {reason or type(error).__name__}")
+        if isinstance(error, asyncssh.ChannelOpenError) and self.via is not None:
+            return _failure(SSHError, who, f"unreachable from {self.via.host}: {reason}")
+        return _failure(SSHError, who, f"unreachable: {reason or type(error).__name__}")
 
     async def tunnel(self) -> asyncssh.SSHClientConnection:
         """A live connection to this host, for others to tunnel through (no channel is held)."""
@@ -287,9 +321,16 @@ class SSHPool:
                         getattr(total, field.name) + getattr(pool.stats, field.name))
         return total
 
+    def _depth(self, pool: HostPool) -> int:
+        depth, via = 0, pool.via
+        while via is not None and depth < ssh_config.MAX_HOPS:
+            depth += 1
+            via = self._hosts[via].via if via in self._hosts else via.jump
+        return depth
+
     async def aclose(self) -> None:
         # Nodes first: their connections tunnel through the jump hosts' connections.
-        pools = sorted(self._hosts.values(), key=lambda p: p.endpoint.jump is None)
+        pools = sorted(self._hosts.values(), key=self._depth, reverse=True)
         for pool in pools:
             await pool.aclose()
 
@@ -301,9 +342,49 @@ class SSHPool:
             await self.aclose()
 
 
+def config_jump(ep: Endpoint, found: HostConfig, seen: tuple[str, ...] = ()) -> Endpoint | None:
+    """The last hop of the config's ProxyJump chain for `ep` (each hop an Endpoint through the
+    one before it; the first through its own ProxyJump), or None. Hops inherit the profile's
+    identities, known_hosts and config files, as nodes behind the profile's jump host do."""
+    if not found.proxy_jump:
+        return None
+    seen = (*seen, ep.host)
+    hop: Endpoint | None = None
+    for user, host, port in ssh_config.jump_hops(found.proxy_jump):
+        if host in seen or len(seen) > ssh_config.MAX_HOPS:
+            raise SSHError(f"{seen[0]}: ProxyJump loop in the ssh config: "
+                           f"{' -> '.join((*seen, host))} ({', '.join(found.files)})")
+        nxt = Endpoint(host=host, port=port, user=user, identities=ep.identities,
+                       known_hosts=ep.known_hosts, config=ep.config, jump=hop)
+        if hop is None:  # the first hop is reached through its own ProxyJump, if any
+            first = ssh_config.resolve(host, port, user, ep.config)
+            nxt = attrs.evolve(nxt, jump=config_jump(nxt, first, seen))
+        seen, hop = (*seen, host), nxt
+    return hop
+
+
+def _failure(kind: type[SSHError], who: str, problem: str) -> SSHError:
+    """An error whose parts are kept, so that a hop's failure can be told as the hop's."""
+    error = kind(f"{who}: {problem}")
+    error.who, error.problem, error.behind = who, problem, ()
+    return error
+
+
+def _hop_error(error: SSHError, behind: str) -> SSHError:
+    """`error` of a jump host, told from the host behind it: `login (jump host for node2): ...`."""
+    if not hasattr(error, "problem"):
+        return type(error)(f"{error} (jump host for {behind})")
+    hops = (*error.behind, behind)
+    path = hops[0] + "".join(f", on the way to {h}" for h in hops[1:])
+    wrapped = type(error)(f"{error.who} (jump host for {path}): {error.problem}")
+    wrapped.who, wrapped.problem, wrapped.behind = error.who, error.problem, hops
+    return wrapped
+
+
 def _transient(error: BaseException) -> bool:
     """Failures worth another handshake: resets and drops (MaxStartups), not auth or keys."""
-    if isinstance(error, (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, SSHError)):
+    if isinstance(error, (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, SSHError,
+                          asyncssh.KeyImportError, FileNotFoundError, PermissionError)):
         return False
     if isinstance(error, (ConnectionRefusedError, OSError)) and getattr(error, "errno", None) in (
             111, 113, -2, -3, -5):  # refused, no route, unknown host names
@@ -312,23 +393,26 @@ def _transient(error: BaseException) -> bool:
                               TimeoutError))
 
 
-def _host_key_error(ep: Endpoint) -> HostKeyError:
+def _host_key_error(ep: Endpoint, found: HostConfig | None, who: str) -> HostKeyError:
     """Say whether the key is unknown or changed, and what to do about each."""
-    path = ep.known_hosts or "~/.ssh/known_hosts"
+    path = ep.known_hosts or (found.known_hosts[0] if found and found.known_hosts
+                              else "~/.ssh/known_hosts")
+    host = found.hostname if found else ep.host
+    port = ep.port or (found.port if found else 22)
     known = False
-    name = ep.host if not ep.port or ep.port == 22 else f"[{ep.host}]:{ep.port}"
+    name = host if port == 22 else f"[{host}]:{port}"
     try:
-        trusted = asyncssh.read_known_hosts(_expand(path)).match(ep.host, "", ep.port or 22)
+        trusted = asyncssh.read_known_hosts(_expand(path)).match(host, "", port)
         known = bool(trusted[0] or trusted[1])
     except (OSError, ValueError, asyncssh.Error):
         pass
     if known:
-        return HostKeyError(
-            f"{ep}: host key CHANGED: it differs from the key recorded in {path}. This may be an "
+        return _failure(HostKeyError, who,
+            f"host key CHANGED: it differs from the key recorded in {path}. This may be an "
             "attack, or the host was reinstalled; verify with the administrator, then remove "
             f"the old entry (ssh-keygen -R '{name}' -f {path})")
-    return HostKeyError(
-        f"{ep}: host key unknown: {name} is not in {path}. Connect once with `ssh` to "
+    return _failure(HostKeyError, who,
+        f"host key unknown: {name} is not in {path}. Connect once with `ssh` to "
         "verify and record it, or add it with ssh-keyscan after checking its fingerprint")
 
 
