@@ -24,6 +24,8 @@ from conftest import (
     write,
 )
 
+from tests.helpers import write_profile
+
 
 def test_run_records_every_execution(campaign: Path, local: str):
     before = commits(campaign)
@@ -171,4 +173,17 @@ def test_sigkill_mid_recording_then_resume(campaign: Path, local: str):
     log = git(campaign, "log", "--name-only", "--format=", "--", "runs")
     written = [line for line in log.splitlines() if line.endswith("record.json")]
     assert len(written) == len(set(written)) == 12  # each record committed once
+    assert_clean(campaign)
+
+
+def test_run_over_two_clusters(campaign: Path, local: str, tmp_path: Path):
+    """`expegit run a,b SCRIPT`: the same PROFILE list as runaway batch; each record names
+    the cluster its execution ran on."""
+    other = write_profile(tmp_path / "other", "loc2", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote2")})
+    expegit("run", f"{local},{other}", "train.sh", "--param", "lr=0.1,0.2", "-x", "8",
+            cwd=campaign)
+    recs = records(campaign)
+    assert len(recs) == 16
+    assert {r["node"].split("/")[0] for r in recs.values()} == {"loc", "loc2"}
     assert_clean(campaign)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import local_profile, write_script
+from tests.helpers import local_profile, write_profile, write_script
 
 BRANIN_OPTIMUM = 0.397887
 # Branin of --x and --y; logs "<uuid> start" and "<uuid> <value>" to $LOG (outside the run
@@ -221,3 +221,21 @@ def test_asha_promotions_rerun_the_same_parameters_at_a_higher_fidelity(tmp_path
     page = parasearch("report", "a", cwd=tmp_path)
     assert page.returncode == 0
     assert "objective by rung" in (tmp_path / "search/a/report.html").read_text()
+
+
+def test_one_search_over_two_clusters_uses_both(tmp_path, branin):
+    """`parasearch ... a,b SCRIPT`: one search, trials placed on whichever cluster has a free
+    slot, each recorded once with the cluster in its node."""
+    script, log = branin
+    other = write_profile(tmp_path / "other", "loc2", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote2")})
+    done = parasearch("--algo", "random", "--n", 24, "--name", "two",
+                      f"{local_profile(tmp_path, slots=2)},{other}", script, *PRIORS,
+                      cwd=tmp_path, env={"LOG": str(log), "SLEEP": "0.3"})
+    assert done.returncode == 0, done.stderr
+    assert [r[1] for r in trial_rows(tmp_path / "search/two")] == ["completed"] * 24
+    starts, _ = logged(log)
+    assert set(starts.values()) == {1} and len(starts) == 24
+    exported = parasearch("export", "two", "--format", "json", cwd=tmp_path)
+    nodes = {t["node"].split("/")[0] for t in json.loads(exported.stdout)}
+    assert nodes == {"loc", "loc2"}, nodes
