@@ -209,6 +209,34 @@ def test_runaway_exec_and_batch_through_the_proxyjump_chain_of_ssh_config(testbe
     assert {w[0] for w in outs} <= {"node1", "node2"}
 
 
+def test_slurm_profile_with_its_login_as_an_alias_and_nodes_set_by_match(testbed, jump_port,
+                                                                         home, tmp_path):
+    """`ssh.host: tb-login` and nothing else in the profile: Slurm's node names get their
+    port from `Match host node*` and are reached through the profile's login host."""
+    ssh_config(home, f"""\
+        Host tb-login
+            HostName login
+        Match host node*
+            Port {jump_port}
+        Host *
+            User {testbed.user}
+            IdentityFile {testbed.key}
+            UserKnownHostsFile {testbed.known_hosts}
+        """)
+    profile = write_profile(tmp_path / "profiles", "slurm-alias", {
+        "ssh": {"host": "tb-login"},
+        "scheduler": {"kind": "slurm", "nodes": 1, "walltime": "5m"},
+        "directory": f"~/.orchestra-tests/{uuid.uuid4().hex}"})
+    script = write_script(tmp_path / "code", "where.sh", f"{REPORT}\n")
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                          cwd=tmp_path, env={**env, "HOME": str(home)}, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.split()
+    assert words[0] in testbed.nodes and via_login(testbed, jump_port, words[0], words), words
+
+
 def test_one_pooled_connection_to_the_jump_host_for_all_nodes(testbed, jump_port, home):
     ssh_config(home, cluster_config(testbed, jump_port))
 
@@ -467,3 +495,24 @@ def test_profile_identity_and_known_hosts_apply_to_the_config_hops(testbed, jump
 
     (got,) = run(main())
     assert via_login(testbed, jump_port, "node3", got), got
+
+
+def test_two_hop_proxyjump_and_a_failure_in_the_middle(testbed, jump_port, home):
+    """`ProxyJump a,b`: this machine -> login:22 -> login:2200 -> node; a bad second hop is
+    named, with the hop before it."""
+    config = cluster_config(testbed, jump_port, jump="tb-front,tb-login")
+    ssh_config(home, "Host tb-front\n    HostName login\n    Port 22\n" + config)
+
+    async def main(host):
+        async with SSHPool(Limits(connect_timeout=5)) as pool:
+            got = await report(pool, host)
+            return got, pool.stats()
+
+    (got,), stats = run(main("tb-node1"))
+    assert via_login(testbed, jump_port, "node1", got) and stats.connects == 3, (got, stats)
+    ssh_config(home, "Host tb-front\n    HostName login\n    Port 22\n"
+               + cluster_config(testbed, jump_port, jump="tb-front,login-typo"))
+    with pytest.raises(SSHError) as error:
+        run(main("tb-node1"))
+    assert str(error.value).startswith(
+        "login-typo via tb-front (jump host for tb-node1): unreachable from tb-front: "), error
