@@ -140,7 +140,7 @@ def authorized(testbed, pub: Path):
     line = pub.read_text().strip()
 
     def edit(change):
-        with open(path.with_suffix(".lock"), "a") as lock:  # tests may run side by side
+        with open(testbed.dir / "run" / "authorized_keys.tests.lock", "a") as lock:  # xdist
             fcntl.flock(lock, fcntl.LOCK_EX)
             lines = path.read_text().splitlines() if path.exists() else []
             tmp = path.with_suffix(f".{uuid.uuid4().hex[:6]}")
