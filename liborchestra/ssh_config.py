@@ -14,6 +14,7 @@ host for all the nodes behind it and an error names the hop that failed (see ssh
 from __future__ import annotations
 
 import getpass
+import linecache
 import logging
 import os
 from pathlib import Path
@@ -106,7 +107,9 @@ class _Reader(SSHClientConfig):
     def _unknown(self, option: str, args: list[str]) -> None:
         args.clear()
         if option.lower() not in HARMLESS:
-            self.notes.append(f"{self._where()}: {option} is not supported by orchestra's SSH "
+            line = linecache.getline(str(self._path), self._line_no).strip()
+            name = line[:len(option)] if line.lower().startswith(option) else option
+            self.notes.append(f"{self._where()}: {name} is not supported by orchestra's SSH "
                               "client (asyncssh); ignored")
 
     def _match(self, option: str, args: list[str]) -> None:

@@ -319,6 +319,7 @@ def test_unsupported_settings_each_get_one_line_naming_file_and_line(testbed, ju
             ControlMaster auto
             ControlPath ~/.ssh/cm-%C
             LogLevel ERROR
+            IdentityFiel ~/.ssh/typo
         """))
     lines = config.read_text().splitlines()
 
@@ -336,8 +337,10 @@ def test_unsupported_settings_each_get_one_line_naming_file_and_line(testbed, ju
     expected = {f"{config}, line {lines.index(f'    {opt}') + 1}: {opt} is not supported"
                 for opt in ("StrictHostKeyChecking no", "ControlMaster auto",
                             "ControlPath ~/.ssh/cm-%C")}
-    assert sorted(m.split(" (")[0] for m in said) == sorted(expected), said
-    assert "host keys are always checked" in " ".join(said)
+    typo = f"{config}, line {lines.index('    IdentityFiel ~/.ssh/typo') + 1}: IdentityFiel is " \
+        "not supported by orchestra's SSH client (asyncssh); ignored"
+    assert sorted(m.split(" (")[0] for m in said) == sorted({*expected, typo.split(" (")[0]})
+    assert "host keys are always checked" in " ".join(said) and typo in said, said
 
 
 def test_a_config_asyncssh_refuses_is_one_error_naming_file_and_line(testbed, home):

@@ -37,7 +37,8 @@ esac
 
 comm_of() { cat "/proc/$1/comm" 2>/dev/null || true; }
 
-# --- the hosts: SIGKILL each init (its whole PID namespace dies with it), then everything
+# --- the hosts: SIGKILL each init (its whole PID namespace dies with it: every daemon of the
+#     host, the second sshd of jump-sshd.sh included), then everything
 #     else that still lives in the host's network namespace (e.g. `ip netns exec` commands)
 hosts=" $TB_HOSTS "
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
