@@ -10,9 +10,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
-from tests.helpers import local_profile, slurm_profile, wait_started, write_profile
+from tests.helpers import (
+    local_profile,
+    slurm_profile,
+    wait_started,
+    write_profile,
+    write_script,
+)
 from tests.runaway.test_batch_faults import exactly_once
 from tests.runaway.test_batch_faults import with_log as with_user_log
 from tests.schedulers.scenarios import slurm_jobs_left
@@ -125,3 +133,35 @@ def _yaml(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_cancel_after_sigkill_kills_runs_on_every_cluster(testbed, tmp_path):
+    marker = f"job-{uuid.uuid4().hex[:6]}"
+    script = write_script(tmp_path / "code", "slow.sh", f"exec -a {marker} sleep 120\n")
+    profiles = f"{slurm_profile(testbed, tmp_path)},{local_profile(tmp_path, slots=2)}"
+    proc = runaway("batch", profiles, str(script), "--name", "stop", "--json", "--",
+                   sweep(8), cwd=tmp_path)
+    wait_started(proc, 6)
+
+    def running() -> dict[str, bool]:
+        local = subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+        nodes = any(marker in p for n in testbed.nodes for p in testbed.procs(n))
+        return {"local": local, "slurm": nodes}
+
+    deadline = time.monotonic() + 30
+    while not all(running().values()):
+        assert time.monotonic() < deadline, running()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = subprocess.run([sys.executable, "-m", "runaway", "cancel", "stop"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    db = sqlite3.connect(tmp_path / "batch" / "stop" / "journal.sqlite")
+    try:
+        states = {s for (s,) in db.execute("SELECT state FROM executions")}
+    finally:
+        db.close()
+    assert states == {"cancelled"}
+    assert running() == {"local": False, "slurm": False}
+    assert slurm_jobs_left(testbed) == []
