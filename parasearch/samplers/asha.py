@@ -4,7 +4,7 @@ The space has one `fidelity(low, high, base)` dimension: the budget (epochs, dat
 script is given. Rungs are budgets low, low·η, low·η², … up to high (η = base). When asked,
 ASHA promotes a configuration if one is in the top 1/η of the results of its rung and has not
 been promoted yet — re-run with the same parameters at the next rung's budget — otherwise it
-starts a new random configuration at the bottom rung. It never waits for a rung to fill (Li et
+starts a new configuration at the bottom rung. It never waits for a rung to fill (Li et
 al., "A System for Massively Parallel Hyperparameter Tuning", 2020). Hyperband runs brackets of
 ASHA that start at successively higher rungs, new configurations shared out so that each
 bracket spends about the same budget, hedging against low fidelities that rank configurations
@@ -18,8 +18,19 @@ configurations (12 and 6 per round for the brackets starting at 3 and 9 epochs w
 (bench/parasearch_fidelity.py, 100 seeds) from 0.92 to 0.74. The brackets still hedge: new
 configurations start at every rung in Hyperband's shares, unscreened by the rungs below.
 
+New configurations come from a model once there are results to fit (as BOHB does for
+Hyperband: Falkner et al., 2018): TPE's density ratio (parasearch/samplers/tpe.py) fitted on
+the highest rung with at least d + 2 results (d searched dimensions): the most faithful
+ranking there is enough of. Good = the top 1/η of that rung, the fraction ASHA itself would
+promote; bad = the rest, the failures there, and at half weight the new configurations still
+running, so parallel asks spread out. A third of new configurations stay random draws from the
+prior, so a model misled by a low rung cannot lock the search in. `model=False` is the paper's
+ASHA (every new configuration random).
+
 Everything is derived from the history (a configuration's bracket is the rung it first ran at;
-it is promoted from rung k once it appears at rung k + 1), so replaying a search restores it.
+it is promoted from rung k once it appears at rung k + 1; the model is fitted on the records),
+so replaying a search restores it. The layout is kept as records arrive, so an ask costs the
+promotion scan and the model fit, not a pass over the whole history.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from parasearch.samplers.base import COMPLETE, Record, Sampler, SamplerError, Trial
+from parasearch.samplers.base import COMPLETE, FAILED, PENDING, Record, Sampler, SamplerError, Trial
 from parasearch.space import Fidelity, Space
 
 
@@ -39,7 +50,9 @@ class AshaSampler(Sampler):
     brackets_wanted = 1
 
     def __init__(self, space: Space, seed: int = 0, maximize: bool = False,
-                 reduction: float | None = None) -> None:
+                 reduction: float | None = None, model: bool = True,
+                 random_fraction: float = 1 / 3, min_points: int | None = None,
+                 gamma: float | None = None, n_candidates: int = 24) -> None:
         super().__init__(space, seed, maximize)
         fidelities = [d for d in space if isinstance(d, Fidelity)]
         if len(fidelities) != 1:
@@ -52,19 +65,63 @@ class AshaSampler(Sampler):
         self.rungs = _rungs(self.fidelity, self.eta)
         self.brackets = min(self.brackets_wanted, len(self.rungs))
         self._keys: dict[int, str] = {}  # record id -> its configuration (without fidelity)
+        self._first: dict[str, int] = {}  # configuration -> the rung it started at
+        self._rungs: list[list[Record]] = [[] for _ in self.rungs]  # the records of each rung
+        self.model = bool(model)
+        self.random_fraction = float(random_fraction)
+        self.min_points = int(min_points or self.transform.ndim + 2)
+        self.gamma = float(gamma or 1 / self.eta)
+        self.n_candidates = int(n_candidates)
+        self.bandwidth, self.floor, self.k_neighbours = 0.7, 0.5, 2  # TPE's kernels (_Parzen)
 
     def ask(self) -> Trial:
         trial_id = len(self.records)
-        promoted = self._promotion()
+        first, rungs = self._layout()
+        promoted = self._promotion(rungs)
         if promoted is not None:
             record, rung = promoted
             params = dict(record.params)
         else:
             rng = np.random.default_rng([self.seed, trial_id])
-            params = self.transform.decode(self._uniform(rng, 1)[0])
-            rung = self._new_bracket()
+            x = self._uniform(rng, 1)[0]
+            if self.model and rng.random() >= self.random_fraction:
+                x = self._modelled(rng, first, rungs, x)
+            params = self.transform.decode(x)
+            rung = self._new_bracket(first)
         params[self.fidelity.name] = self._budget(rung)
         return self._add(trial_id, params)
+
+    def _modelled(self, rng: np.random.Generator, first: dict[str, int],
+                  rungs: list[list[Record]], prior: np.ndarray) -> np.ndarray:
+        """A new configuration from TPE's density ratio fitted on the highest rung with
+        `min_points` results (the most faithful ranking there is enough of); `prior` until
+        one has. Good = the top `gamma` of that rung; bad = the rest, its failures and, at
+        half weight, the new configurations still running (so parallel asks spread out)."""
+        from parasearch.samplers.tpe import _Parzen
+
+        for rung in range(len(self.rungs) - 1, -1, -1):
+            done = [r.id for r in rungs[rung] if r.state == COMPLETE]
+            if len(done) >= self.min_points:
+                break
+        else:
+            return prior
+        ids = np.array(done)
+        order = ids[np.argsort(self._losses[ids], kind="stable")]
+        n_good = max(1, math.ceil(self.gamma * len(ids)))
+        failed = [r.id for r in rungs[rung] if r.state == FAILED]
+        pending = np.flatnonzero(self._states[:len(self.records)] == PENDING)
+        running = [i for i in pending.tolist()
+                   if first[self._key(self.records[i])] == self.rung_of(self.records[i])]
+        bad = np.array([*order[n_good:], *failed, *running], int)
+        weights = np.concatenate([np.ones(len(ids) - n_good + len(failed)),
+                                  np.full(len(running), 0.5)])
+        if len(bad) == 0:
+            return prior
+        low = _Parzen(self, self._xs[order[:n_good]], np.ones(n_good))
+        high = _Parzen(self, self._xs[bad], weights)
+        candidates = self.transform.snap(low.sample(rng, self.n_candidates))
+        score = low.log_pdf(candidates) - high.log_pdf(candidates)
+        return candidates[int(np.argmax(score))]
 
     def _suggest(self, rng: np.random.Generator) -> np.ndarray:  # ask() is overridden
         return self._uniform(rng, 1)[0]
@@ -83,20 +140,23 @@ class AshaSampler(Sampler):
                 sort_keys=True, default=str)
         return key
 
+    def _add(self, trial_id: int, params: dict[str, Any]) -> Trial:
+        """Every new record (asked or adopted) also goes into the layout, kept as records
+        arrive rather than rebuilt at each ask: O(1) per trial instead of O(n)."""
+        trial = super()._add(trial_id, params)
+        record = self.records[-1]
+        rung = self.rung_of(record)
+        self._first.setdefault(self._key(record), rung)
+        self._rungs[rung].append(record)
+        return trial
+
     def _layout(self) -> tuple[dict[str, int], list[list[Record]]]:
         """Each configuration's bracket (its first rung), and the records of each rung."""
-        first: dict[str, int] = {}
-        rungs: list[list[Record]] = [[] for _ in self.rungs]
-        for record in self.records:
-            rung = self.rung_of(record)
-            first.setdefault(self._key(record), rung)
-            rungs[rung].append(record)
-        return first, rungs
+        return self._first, self._rungs
 
-    def _promotion(self) -> tuple[Record, int] | None:
+    def _promotion(self, rungs: list[list[Record]]) -> tuple[Record, int] | None:
         """A configuration to run at the next rung, from the highest rung that has one: one in
         the top 1/η of its rung's results that has not run at the next rung yet."""
-        _, rungs = self._layout()
         for rung in range(len(self.rungs) - 2, -1, -1):
             done = sorted((r for r in rungs[rung] if r.state == COMPLETE), key=lambda r: r.loss)
             above = {self._key(r) for r in rungs[rung + 1]}
@@ -105,14 +165,13 @@ class AshaSampler(Sampler):
                     return record, rung + 1
         return None
 
-    def _new_bracket(self) -> int:
+    def _new_bracket(self, first: dict[str, int]) -> int:
         """The rung a new configuration starts at: the bracket furthest below its share.
         Shares are Hyperband's: the bracket of s halvings gets ⌈(S+1)/(s+1)·η^s⌉
         configurations per round, so every bracket spends about the same budget (the one that
         starts at full fidelity gets the fewest)."""
         if self.brackets == 1:
             return 0
-        first, _ = self._layout()
         counts = [0] * self.brackets
         for rung in first.values():
             if rung < self.brackets:

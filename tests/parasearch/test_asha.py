@@ -93,3 +93,77 @@ def test_hyperband_ranks_a_rung_over_every_bracket():
         sampler.tell(trial.id, values[config["x"]])
     promoted = sampler.ask()
     assert promoted.params == {"x": 0.2, "c": "a", "epochs": 9}
+
+
+TWO_RUNGS = Space.parse(["x~uniform(0, 1)", "c~choices(['a', 'b'])", "epochs~fidelity(1, 3, 3)"])
+
+
+def _near(trials, centre):
+    return sum(abs(t.params["x"] - centre) < 0.1 for t in trials) / len(trials)
+
+
+def _adopt(sampler, x, epochs, value=None):
+    trial = sampler.adopt({"x": x, "c": "a", "epochs": epochs})
+    if value is not None:
+        sampler.tell(trial.id, value)
+    return trial
+
+
+@pytest.mark.parametrize("algo", ["asha", "hyperband"])
+def test_new_configurations_come_from_a_model_of_the_results(algo):
+    """30 results at 1 epoch, best near x = 0.2, their top third running at 3 epochs (nothing
+    to promote): most new configurations go near 0.2; with model=False they are uniform."""
+    near = {}
+    for model in (True, False):
+        sampler = create_sampler(algo, TWO_RUNGS, seed=7, model=model)
+        xs = [(i + 0.5) / 30 for i in range(30)]
+        for x in xs:
+            _adopt(sampler, x, 1, (x - 0.2) ** 2)
+        for x in sorted(xs, key=lambda x: abs(x - 0.2))[:10]:
+            _adopt(sampler, x, 3)
+        near[model] = _near([sampler.ask() for _ in range(30)], 0.2)
+    assert near[True] >= 0.5 and near[False] <= 0.35
+
+
+def test_the_model_follows_the_highest_rung_with_enough_results():
+    """1 epoch says x = 0.2 is best, 3 epochs (full fidelity, 12 results) says 0.8: new
+    configurations follow the full-fidelity ranking."""
+    sampler = create_sampler("hyperband", TWO_RUNGS, seed=3)
+    low = [(i + 0.5) / 12 for i in range(12)]
+    for x in low:
+        _adopt(sampler, x, 1, (x - 0.2) ** 2)
+    promoted = sorted(low, key=lambda x: abs(x - 0.2))[:4]
+    for x in promoted + [(i + 0.25) / 8 for i in range(8)]:
+        _adopt(sampler, x, 3, (x - 0.8) ** 2)
+    asked = [sampler.ask() for _ in range(20)]
+    assert sum(t.params["x"] > 0.5 for t in asked) >= 14  # uniform: 10; from 1 epoch: fewer
+
+
+def test_parallel_asks_from_the_model_spread_out():
+    """New configurations still running count against their region: 20 asks in a row, none
+    told, are 20 different configurations."""
+    sampler = create_sampler("asha", TWO_RUNGS, seed=1)
+    for i in range(12):
+        _adopt(sampler, (i + 0.5) / 12, 1, float(i))
+    for i in range(4):
+        _adopt(sampler, (i + 0.5) / 12, 3)
+    asked = [sampler.ask() for _ in range(20)]
+    assert all(t.params["epochs"] == 1 for t in asked)
+    assert len({t.params["x"] for t in asked}) == 20
+
+
+def test_replay_with_results_and_pending_trials_gives_the_same_next_ask():
+    """The model is fitted on the history only: a sampler rebuilt from the records (results
+    and pending trials) asks what the original would."""
+    first = create_sampler("asha", SPACE, seed=11)
+    for step in range(60):
+        trial = first.ask()
+        if step % 4 != 3:  # every fourth left pending
+            first.tell(trial.id, trial.params["x"] + 1 / trial.params["epochs"])
+    again = create_sampler("asha", SPACE, seed=11)
+    for record in first.records:
+        again.adopt(record.params)
+    for record in first.records:
+        if record.state == "complete":
+            again.tell(record.id, record.value)
+    assert [again.ask().params for _ in range(5)] == [first.ask().params for _ in range(5)]
