@@ -22,6 +22,7 @@ the highest fidelity it reached; regret = that configuration's noise-free full-f
 
     .venv/bin/python -m bench.parasearch_fidelity [--quick] [--seeds 30] [--first-seed 0]
         [--high 27|81] [--json FILE]
+    .venv/bin/python -m bench.parasearch_fidelity --time-at 1000   # ms per ask+tell
 
 (run as `/work/bench-venv/bin/python bench/parasearch_fidelity.py --orion-worker` it is the
 Oríon side; only numpy and orion are imported there.)
@@ -232,6 +233,23 @@ def print_table(result: dict, rows: list[dict]) -> None:
         print(f"target: {ours} ahead of random and of Oríon -> {verdicts}")
 
 
+def ask_tell_ms(algo: str, trials: int = 1000, steps: int = 200) -> dict:
+    """The sampler's time per ask+tell once `trials` are recorded (told at once, one at a
+    time): the steps after `trials`, median and worst."""
+    from parasearch import Space, create_sampler
+
+    priors = [f"{k}~{v}" for k, v in PRIORS.items()]
+    priors.append(f"epochs~fidelity({LOW}, {HIGH}, {BASE})")
+    sampler = create_sampler(algo, Space.parse(priors), seed=0)
+    tally, times = Tally(0), []
+    for _ in range(trials + steps):
+        start = time.perf_counter()
+        trial = sampler.ask()
+        sampler.tell(trial.id, tally.evaluate(trial.params, float(trial.params["epochs"])))
+        times.append(1000 * (time.perf_counter() - start))
+    return {"median": statistics.median(times[trials:]), "max": max(times[trials:])}
+
+
 def run(quick: bool = False) -> list[dict]:
     """For bench.run: rows of the umbrella table (ratio: ours (asha) / this row's regret)."""
     result = measure(seeds=10 if quick else 30)
@@ -250,11 +268,19 @@ def main() -> None:
     parser.add_argument("--high", type=int, default=HIGH, help="full fidelity (epochs)")
     parser.add_argument("--orion-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write every run here")
+    parser.add_argument("--time-at", type=int, metavar="TRIALS",
+                        help="only time our samplers' ask+tell after TRIALS trials")
     options = parser.parse_args()
     seeds = 10 if options.quick else options.seeds
     configure(options.high)
     if options.orion_worker:
         orion_worker(list(range(options.first_seed, options.first_seed + seeds)))
+        return
+    if options.time_at:
+        for algo in ("asha", "hyperband"):
+            ms = ask_tell_ms(algo, options.time_at)
+            print(f"{algo}: ask+tell after {options.time_at} trials: median {ms['median']:.2f} "
+                  f"ms, worst {ms['max']:.2f} ms")
         return
     result = measure(seeds, options.first_seed)
     print_table(result, summary(result))

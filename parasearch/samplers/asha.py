@@ -65,8 +65,12 @@ class AshaSampler(Sampler):
         self.rungs = _rungs(self.fidelity, self.eta)
         self.brackets = min(self.brackets_wanted, len(self.rungs))
         self._keys: dict[int, str] = {}  # record id -> its configuration (without fidelity)
-        self._first: dict[str, int] = {}  # configuration -> the rung it started at
-        self._rungs: list[list[Record]] = [[] for _ in self.rungs]  # the records of each rung
+        # The layout, kept as records arrive: each configuration's first rung (its bracket),
+        # how many started at each rung, and each rung's record ids and configurations.
+        self._first: dict[str, int] = {}
+        self._started = [0] * len(self.rungs)
+        self._ids: list[list[int]] = [[] for _ in self.rungs]
+        self._keys_at: list[set[str]] = [set() for _ in self.rungs]
         self.model = bool(model)
         self.random_fraction = float(random_fraction)
         self.min_points = int(min_points or self.transform.ndim + 2)
@@ -76,8 +80,7 @@ class AshaSampler(Sampler):
 
     def ask(self) -> Trial:
         trial_id = len(self.records)
-        first, rungs = self._layout()
-        promoted = self._promotion(rungs)
+        promoted = self._promotion()
         if promoted is not None:
             record, rung = promoted
             params = dict(record.params)
@@ -85,14 +88,13 @@ class AshaSampler(Sampler):
             rng = np.random.default_rng([self.seed, trial_id])
             x = self._uniform(rng, 1)[0]
             if self.model and rng.random() >= self.random_fraction:
-                x = self._modelled(rng, first, rungs, x)
+                x = self._modelled(rng, x)
             params = self.transform.decode(x)
-            rung = self._new_bracket(first)
+            rung = self._new_bracket()
         params[self.fidelity.name] = self._budget(rung)
         return self._add(trial_id, params)
 
-    def _modelled(self, rng: np.random.Generator, first: dict[str, int],
-                  rungs: list[list[Record]], prior: np.ndarray) -> np.ndarray:
+    def _modelled(self, rng: np.random.Generator, prior: np.ndarray) -> np.ndarray:
         """A new configuration from TPE's density ratio fitted on the highest rung with
         `min_points` results (the most faithful ranking there is enough of); `prior` until
         one has. Good = the top `gamma` of that rung; bad = the rest, its failures and, at
@@ -100,18 +102,17 @@ class AshaSampler(Sampler):
         from parasearch.samplers.tpe import _Parzen
 
         for rung in range(len(self.rungs) - 1, -1, -1):
-            done = [r.id for r in rungs[rung] if r.state == COMPLETE]
-            if len(done) >= self.min_points:
+            ids = self._in_state(rung, COMPLETE)
+            if len(ids) >= self.min_points:
                 break
         else:
             return prior
-        ids = np.array(done)
         order = ids[np.argsort(self._losses[ids], kind="stable")]
         n_good = max(1, math.ceil(self.gamma * len(ids)))
-        failed = [r.id for r in rungs[rung] if r.state == FAILED]
+        failed = self._in_state(rung, FAILED)
         pending = np.flatnonzero(self._states[:len(self.records)] == PENDING)
         running = [i for i in pending.tolist()
-                   if first[self._key(self.records[i])] == self.rung_of(self.records[i])]
+                   if self._first[self._key(self.records[i])] == self.rung_of(self.records[i])]
         bad = np.array([*order[n_good:], *failed, *running], int)
         weights = np.concatenate([np.ones(len(ids) - n_good + len(failed)),
                                   np.full(len(running), 0.5)])
@@ -145,37 +146,38 @@ class AshaSampler(Sampler):
         arrive rather than rebuilt at each ask: O(1) per trial instead of O(n)."""
         trial = super()._add(trial_id, params)
         record = self.records[-1]
-        rung = self.rung_of(record)
-        self._first.setdefault(self._key(record), rung)
-        self._rungs[rung].append(record)
+        rung, key = self.rung_of(record), self._key(record)
+        if key not in self._first:
+            self._first[key] = rung
+            self._started[rung] += 1
+        self._ids[rung].append(record.id)
+        self._keys_at[rung].add(key)
         return trial
 
-    def _layout(self) -> tuple[dict[str, int], list[list[Record]]]:
-        """Each configuration's bracket (its first rung), and the records of each rung."""
-        return self._first, self._rungs
+    def _in_state(self, rung: int, state: str) -> np.ndarray:
+        """The ids of the rung's records in `state`, in the order they were added."""
+        ids = np.array(self._ids[rung], int)
+        return ids[self._states[ids] == state]
 
-    def _promotion(self, rungs: list[list[Record]]) -> tuple[Record, int] | None:
+    def _promotion(self) -> tuple[Record, int] | None:
         """A configuration to run at the next rung, from the highest rung that has one: one in
         the top 1/η of its rung's results that has not run at the next rung yet."""
         for rung in range(len(self.rungs) - 2, -1, -1):
-            done = sorted((r for r in rungs[rung] if r.state == COMPLETE), key=lambda r: r.loss)
-            above = {self._key(r) for r in rungs[rung + 1]}
-            for record in done[:int(len(done) // self.eta)]:
-                if self._key(record) not in above:
-                    return record, rung + 1
+            done = self._in_state(rung, COMPLETE)
+            top = done[np.argsort(self._losses[done], kind="stable")[:int(len(done) // self.eta)]]
+            for i in top.tolist():
+                if self._key(self.records[i]) not in self._keys_at[rung + 1]:
+                    return self.records[i], rung + 1
         return None
 
-    def _new_bracket(self, first: dict[str, int]) -> int:
+    def _new_bracket(self) -> int:
         """The rung a new configuration starts at: the bracket furthest below its share.
         Shares are Hyperband's: the bracket of s halvings gets ⌈(S+1)/(s+1)·η^s⌉
         configurations per round, so every bracket spends about the same budget (the one that
         starts at full fidelity gets the fewest)."""
         if self.brackets == 1:
             return 0
-        counts = [0] * self.brackets
-        for rung in first.values():
-            if rung < self.brackets:
-                counts[rung] += 1
+        counts = self._started
         top = len(self.rungs) - 1
         shares = [math.ceil((top + 1) / (top - b + 1) * self.eta ** (top - b))
                   for b in range(self.brackets)]
