@@ -75,7 +75,7 @@ def test_stalled_sge_qmaster_delays_the_batch_and_loses_nothing(testbed, tmp_pat
 def test_resume_with_a_node_unplugged_fences_its_runs_and_runs_them_elsewhere(testbed,
                                                                               tmp_path):
     body = ('#!/usr/bin/env bash\necho "$1" >> "$HOME/.orchestra-tests/$LOG.started"\n'
-            'sleep 15\necho "$1 $(hostname)" >> "$HOME/.orchestra-tests/$LOG"\n')
+            'sleep 8\necho "$1 $(hostname)" >> "$HOME/.orchestra-tests/$LOG"\n')
     script, log = with_log(testbed, tmp_path, body)
     started = log.with_name(log.name + ".started")
     profile = write_profile(tmp_path / "profiles", "nodes", {
@@ -111,9 +111,15 @@ def test_resume_with_a_node_unplugged_fences_its_runs_and_runs_them_elsewhere(te
     assert len(fenced) == len(on_node1)
     assert all(node != "node1" for _, node, _ in fenced), fenced
     # the copies left on node1 finish later (its link is back) and append their lines, but
-    # each execution ran to completion exactly once on a reachable node
-    time.sleep(17)
-    lines = [line.split() for line in log.read_text().splitlines()]
+    # each execution ran to completion exactly once on a reachable node; wait for those
+    # copies (or, if some never finish, for well past their 8-second sleep)
+    deadline = time.monotonic() + 20
+    while True:
+        lines = [line.split() for line in log.read_text().splitlines()]
+        late = len([1 for _, host in lines if host == "node1"])
+        if late >= len(on_node1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert sorted(int(n) for n, host in lines if host != "node1") == list(range(6))
     assert len([1 for _, host in lines if host == "node1"]) <= len(on_node1)
 
