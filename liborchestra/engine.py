@@ -266,6 +266,11 @@ class Engine:
                     build_archive, folder, self.send_ignore, ship)
             return self._archives[key]
 
+    def share_archives(self, other: Engine) -> None:
+        """Build each code archive once for both engines (a federation's clusters ship the
+        same code: hashing it once per cluster would only cost time)."""
+        self._archives, self._archive_lock = other._archives, other._archive_lock
+
     async def sweep_stale(self, name: str) -> None:
         """Cancel what the cluster knows under the job name of an earlier engine."""
         with contextlib.suppress(OrchestraError), anyio.move_on_after(60):

@@ -34,6 +34,7 @@ from liborchestra.execution import Execution, Result, State
 from liborchestra.profile import Profile, load_profile
 from liborchestra.schedulers import Allocation
 from liborchestra.shell import Shell
+from liborchestra.transfer import CodeLarge, CodeLeftOut
 
 log = logging.getLogger(__name__)
 SEPARATOR = "/"
@@ -93,10 +94,14 @@ class Federation:
             name = profile.name
             self.engines[name] = Engine(profile, listeners=[
                 lambda event, name=name: self._relay(name, event)], **options)
+        first = next(iter(self.engines.values()))
+        for engine in self.engines.values():
+            engine.share_archives(first)
         self.slots = _Slots(self.engines.values())
         self.allocator = _Allocators(self.engines)
         self.draining = False
         self._down: set[str] = set()
+        self._said: set[object] = set()  # code notes, the same from every cluster: said once
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -239,6 +244,10 @@ class Federation:
             event = attrs.evolve(event, node=q(event.node))
         elif isinstance(event, events.ConnectionProblem):
             event = attrs.evolve(event, host=q(event.host))
+        elif isinstance(event, (CodeLeftOut, CodeLarge)):
+            if event in self._said:
+                return
+            self._said.add(event)
         self.emit(event)
 
     def _cluster_down(self, cluster: str, message: str) -> None:
