@@ -85,14 +85,14 @@ def test_three_clones_sync_over_ssh(testbed, tmp_path: Path, campaign: Path, loc
         _annex_ssh(testbed, clone)
     made: set[str] = set()
     notes: list[str] = []
-    for round_ in range(3):
+    for round_ in range(2):  # the second round merges into clones that already synced
         for i, clone in enumerate(clones):
             expegit("run", local, "train.sh", "--name", f"r{round_}", "--param",
                     f"lr={i + 1}.{round_}", "-x", "2", cwd=clone)
         made |= {rid for c in clones for rid in records(c)}
         notes += _sync_all(clones, env)
     notes += _sync_all(clones, env)  # the last to push in the final round brings the rest
-    assert len(made) == 18
+    assert len(made) == 12
     for clone in clones:
         assert set(records(clone)) == made
         assert_clean(clone)
