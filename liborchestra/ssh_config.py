@@ -133,7 +133,11 @@ class _Handlers(dict):
         return option, _Reader._unknown
 
 
-_Reader._handlers = _Handlers(SSHClientConfig._handlers, match=("Match", _Reader._match))
+# The notes hook into asyncssh's parser internals (verified with asyncssh 2.24): with another
+# version whose internals differ, the config is read by asyncssh's own parser, without notes.
+_HOOKED = isinstance(getattr(SSHClientConfig, "_handlers", None), dict)
+if _HOOKED:
+    _Reader._handlers = _Handlers(SSHClientConfig._handlers, match=("Match", _Reader._match))
 
 
 def config_files(config: tuple[str, ...] | list[str]) -> list[Path]:
@@ -154,10 +158,15 @@ def resolve(host: str, port: int | None = None, user: str | None = None,
     except (KeyError, OSError):
         local_user = ""
     args = (local_user, user if user else (), host, port if port else ())
+    parser = _Reader if _HOOKED else SSHClientConfig
     try:
-        reader = _Reader.load(None, files, False, False, False, *args)
+        try:
+            reader = parser.load(None, files, False, False, False, *args)
+        except AttributeError:  # asyncssh's internals moved: its own parser, without notes
+            parser = SSHClientConfig
+            reader = parser.load(None, files, False, False, False, *args)
         if reader.has_match_final():  # OpenSSH reads the files again for `Match final`
-            reader = _Reader.load(reader, files, True, False, True, *args)
+            reader = parser.load(reader, files, True, False, True, *args)
     except ConfigParseError as error:
         raise SSHError(f"{host}: ssh config: {error} (not supported by orchestra's SSH client, "
                        f"asyncssh {asyncssh.__version__})") from None
@@ -168,7 +177,7 @@ def resolve(host: str, port: int | None = None, user: str | None = None,
     def get(name: str) -> Any:
         return reader.get(name)
 
-    notes = tuple(dict.fromkeys(reader.notes))
+    notes = tuple(dict.fromkeys(getattr(reader, "notes", ())))
     for note in notes:
         if note not in _noted:
             _noted.add(note)
