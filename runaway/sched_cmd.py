@@ -19,10 +19,9 @@ from rich.markup import escape
 from liborchestra import events
 from liborchestra._fields import Bad, parse_duration
 from liborchestra.driver import Driver, ExecutionRequeued, Policy
-from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
+from liborchestra.federation import load_profiles, open_engine, profile_ref
 from liborchestra.journal import Journal, default_name
-from liborchestra.profile import load_profile
 from liborchestra.sched import (
     FeaturesInvalid,
     PointRecorded,
@@ -76,19 +75,19 @@ async def sched(args: argparse.Namespace, renderer: Renderer, interrupts: Interr
     else:
         journal = _new(args)
     meta = journal.meta()
-    profile = load_profile(str(meta["profile"]))
     folder = journal.path.parent
     settings = SchedSettings(
         script=Path(meta["script"]), output=folder, command=str(meta["command"]),
         code=Path(meta["code"]) if meta.get("code") else None,
         duration=parse_duration(meta["duration"]) if meta.get("duration") else None,
-        env={"RUNAWAY_REMOTE": profile.name, "RUNAWAY_SCRIPT_PATH": str(meta["script"]),
-             "RUNAWAY_SCHED_FOLDER": str(folder)})
+        env={"RUNAWAY_REMOTE": str(meta.get("profile_name") or meta["profile"]),
+             "RUNAWAY_SCRIPT_PATH": str(meta["script"]), "RUNAWAY_SCHED_FOLDER": str(folder)})
     view = _View(renderer, interrupts)
     with journal.lease():
-        async with Engine(profile, leave=str(meta["leave"]), send_ignore=str(meta["send_ignore"]),
-                          fetch_ignore=str(meta["fetch_ignore"]),
-                          listeners=[view.event]) as engine:
+        async with open_engine(str(meta["profile"]), leave=str(meta["leave"]),
+                               send_ignore=str(meta["send_ignore"]),
+                               fetch_ignore=str(meta["fetch_ignore"]),
+                               listeners=[view.event]) as engine:
             await reap_leftovers(engine, journal, meta, renderer)
             source = SchedSource(engine, settings)
             driver = Driver(engine, journal, source, Policy.from_meta(meta))
@@ -131,12 +130,11 @@ def _new(args: argparse.Namespace) -> Journal:
         raise OrchestraError(f"--duration: {error}") from None
     if args.name is not None:
         check_name(args.name)
-    profile = load_profile(args.profile)
+    profiles = load_profiles(args.profile)
     name = args.name or default_name(script.stem)
     folder = (args.output or Path("sched") / name).resolve()
-    path = Path(args.profile).expanduser()
-    meta = {"name": name, "kind": "sched", "profile_name": profile.name,
-            "profile": str(path.resolve()) if path.is_file() else args.profile,
+    meta = {"name": name, "kind": "sched", "profile_name": ",".join(p.name for p in profiles),
+            "profile": profile_ref(args.profile),
             "script": str(script.resolve()), "code": str(code) if code else None,
             "command": args.scheduler, "duration": args.duration, "leave": args.leave,
             "send_ignore": args.send_ignore, "fetch_ignore": args.fetch_ignore,

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.helpers import local_profile, slurm_profile, write_script
+from tests.helpers import local_profile, slurm_profile, write_profile, write_script
 
 REPO = Path(__file__).resolve().parents[2]
 RANDOM_SEARCH = REPO / "examples/schedulers/random_search.py"
@@ -435,3 +435,22 @@ def test_killed_and_resumed_the_program_gets_the_history_and_nothing_runs_twice(
     # the points in flight at the kill are run (or recovered) by the driver, and the program
     # learns of them only when they are recorded: it may hand out that many more than 8
     assert 8 <= len(final) <= 8 + (decided - len(history)) and set(final) == set(ran)
+
+
+def test_sched_over_two_clusters(tmp_path):
+    """`runaway sched a,b ...` takes the PROFILE list of `runaway batch`: one program, points
+    run on both clusters, each recorded once with its cluster in the node."""
+    script = write_script(tmp_path / "code", "objective.sh", OBJECTIVE)
+    other = write_profile(tmp_path / "other", "loc2", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote2")})
+    command = shlex.join([sys.executable, str(RANDOM_SEARCH), "-n", "8", "--seed", "3"])
+    done = runaway("sched", f"{local_profile(tmp_path, slots=2)},{other}", script, command,
+                   "--name", "two", cwd=tmp_path, env={**os.environ, "SLEEP": "0.5"})
+    assert done.returncode == 0, done.stderr
+    db = sqlite3.connect(tmp_path / "sched/two/journal.sqlite")
+    try:
+        rows = db.execute("SELECT state, node FROM executions").fetchall()
+    finally:
+        db.close()
+    assert [state for state, _ in rows] == ["completed"] * 8
+    assert {node.split("/")[0] for _, node in rows} == {"loc", "loc2"}, rows
