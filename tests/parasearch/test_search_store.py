@@ -91,9 +91,9 @@ def test_the_other_driver_takes_over_the_trials_of_a_dead_one(testbed, tmp_path)
     name = f"take-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "log.txt"
     script = write_script(tmp_path / "code", "f.sh", SCRIPT)
-    env = {"LOG": str(log), "SLEEP": "2"}
+    env = {"LOG": str(log), "SLEEP": "1"}
     profile = local_profile(tmp_path, slots=2)
-    doomed = driver(name, profile, script, tmp_path / "a", testbed.postgres, "--n", "10",
+    doomed = driver(name, profile, script, tmp_path / "a", testbed.postgres, "--n", "6",
                     "--lease", "4", env=env)
     deadline = time.monotonic() + 60
     while not log.exists() or len(log.read_text().splitlines()) < 2:
@@ -103,11 +103,11 @@ def test_the_other_driver_takes_over_the_trials_of_a_dead_one(testbed, tmp_path)
     doomed.wait(10)
     held = {r[0] for r in stored(testbed.postgres, name) if r[1] == "reserved"}
     assert held
-    survivor = driver(name, profile, script, tmp_path / "b", testbed.postgres, "--n", "10",
+    survivor = driver(name, profile, script, tmp_path / "b", testbed.postgres, "--n", "6",
                       "--lease", "4", env=env)
     assert survivor.wait(300) == 0, survivor.stderr.read()
     rows = stored(testbed.postgres, name)
-    assert [r[1] for r in rows].count("completed") == 10
+    assert [r[1] for r in rows].count("completed") == 6
     taken = {r[0] for r in rows if r[3] > 0}
     assert taken == held  # exactly the dead driver's trials, once their lease expired
     dead = json.loads(sqlite3.connect(tmp_path / "a/search" / name / "journal.sqlite").execute(
