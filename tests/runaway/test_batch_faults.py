@@ -93,7 +93,7 @@ def test_dead_node_work_is_requeued_elsewhere(testbed, tmp_path):
         "ssh": ssh_options(testbed, host="login"),
         "scheduler": {"kind": "hosts", "hosts": [{"host": n, "slots": 3} for n in testbed.nodes]},
         "directory": f"~/.orchestra-tests/{uuid.uuid4().hex}"})
-    proc = batch(profile, script, "dead", 30, tmp_path)
+    proc = batch(profile, script, "dead", 18, tmp_path)
     try:
         wait_started(proc, 9)
         testbed.kill_host("node2")
@@ -103,7 +103,7 @@ def test_dead_node_work_is_requeued_elsewhere(testbed, tmp_path):
     final = rows(tmp_path / "batch/dead")
     assert {r[1] for r in final} == {"completed"}
     assert sum(r[2] for r in final) >= 1  # some were lost with node2, and requeued
-    exactly_once(log, 30)
+    exactly_once(log, 18)
 
 
 def test_cancelled_allocation_is_replaced(testbed, tmp_path):
