@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 SEARCH_SCRIPT = """\
 #!/usr/bin/env bash
 for a in "$@"; do case $a in --x=*) x=${a#--x=};; esac; done
-sleep 1.5  # slow enough that the page, plotly parsed, sees the search run
+sleep 1  # slow enough that the page, plotly parsed, sees the search run
 echo "RUNAWAY_FEATURES: $(python3 -c "import sys; print((float(sys.argv[1]) - 2) ** 2)" "$x")"
 """
 
