@@ -35,17 +35,6 @@ def _space_for(name):
     return NUMERIC if name == "cmaes" else MIXED
 
 
-# The generic tests below check bounds, determinism, pending asks and failures, not the
-# quality of the acquisition: GP maximises it over fewer candidates and polishes fewer
-# starts there (its cost is in that polish), the same code on a smaller scale. The quality
-# test uses the defaults.
-LIGHT = {"gp": {"n_candidates": 256, "n_polish": 2}}
-
-
-def _sampler(name, space, seed):
-    return create_sampler(name, space, seed=seed, **LIGHT.get(name, {}))
-
-
 def _objective(p):
     """A mixed objective: smooth in the numbers, with a best choice for each category."""
     value = (math.log10(p["lr"]) + 3) ** 2 + (p["momentum"] - 0.9) ** 2 + 0.1 * p["noise"] ** 2
@@ -74,7 +63,7 @@ def _drive(sampler, n, pending=1, fail_every=0):
 @pytest.mark.parametrize("name", ALL)
 def test_stays_in_bounds_and_respects_types(name):
     space = _space_for(name)
-    sampler = _sampler(name, space, 1)
+    sampler = create_sampler(name, space, seed=1)
     params = _drive(sampler, 24, pending=3)
     for p in params:
         assert space.contains(p), p
@@ -102,17 +91,17 @@ def test_log_scale_and_choice_weights_are_respected_by_random():
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_and_history_give_the_same_suggestions(name):
     space = _space_for(name)
-    first = _drive(_sampler(name, space, 7), 18, pending=2, fail_every=5)
-    second = _drive(_sampler(name, space, 7), 18, pending=2, fail_every=5)
+    first = _drive(create_sampler(name, space, seed=7), 18, pending=2, fail_every=5)
+    second = _drive(create_sampler(name, space, seed=7), 18, pending=2, fail_every=5)
     assert first == second
-    other = _drive(_sampler(name, space, 8), 18, pending=2, fail_every=5)
+    other = _drive(create_sampler(name, space, seed=8), 18, pending=2, fail_every=5)
     assert other != first
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_many_pending_asks(name):
     space = _space_for(name)
-    sampler = _sampler(name, space, 3)
+    sampler = create_sampler(name, space, seed=3)
     first, then = (16, 12) if name == "gp" else (40, 30)
     trials = [sampler.ask() for _ in range(first)]
     assert len({t.id for t in trials}) == first
@@ -130,11 +119,11 @@ def test_many_pending_asks(name):
 @pytest.mark.parametrize("name", ALL)
 def test_failed_trials_do_not_break_the_sampler(name):
     space = _space_for(name)
-    sampler = _sampler(name, space, 2)
+    sampler = create_sampler(name, space, seed=2)
     params = _drive(sampler, 30, pending=2, fail_every=3)
     assert all(space.contains(p) for p in params)
     # Everything failing, including NaN reports, is survivable too.
-    sampler = _sampler(name, space, 2)
+    sampler = create_sampler(name, space, seed=2)
     for i in range(15):
         trial = sampler.ask()
         sampler.tell(trial.id, float("nan") if i % 2 else None)
