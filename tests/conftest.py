@@ -19,6 +19,13 @@ import time
 
 import pytest
 
+# One BLAS thread per process, set before anything loads numpy (here and, inherited, in the
+# CLIs the tests start), as parasearch.bench does: the samplers' matrices are small, and
+# threaded OpenBLAS only adds contention on a shared 2-core machine (GP asks ran ~8x slower
+# in wall time and CPU). A value the caller set is kept.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 TESTBED_SCRIPTS = pathlib.Path(__file__).resolve().parent / "testbed"
 
 
