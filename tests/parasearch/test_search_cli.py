@@ -104,10 +104,7 @@ def test_killed_and_resumed_ends_with_exactly_n_and_recovers_what_finished(tmp_p
             proc.kill()
     running_at_kill = set(logged(log)[0]) - set(logged(log)[1])
     assert running_at_kill  # some were running: they finish while the driver is dead
-    deadline = time.monotonic() + 10
-    while not running_at_kill <= set(logged(log)[1]):
-        assert time.monotonic() < deadline, "the trials running at the kill did not end"
-        time.sleep(0.05)
+    time.sleep(2)
     done = parasearch("--resume", "--name", "k", cwd=tmp_path, env={"LOG": str(log)})
     assert done.returncode == 0, done.stderr
     rows = trial_rows(tmp_path / "search/k")
@@ -180,31 +177,17 @@ def test_bad_priors_are_one_clear_error_and_write_nothing(tmp_path, args, words)
 def test_other_bad_input_is_one_clear_error(tmp_path):
     script = write_script(tmp_path / "code", "s.sh", 'echo "RUNAWAY_FEATURES: 1"\n')
     profile = local_profile(tmp_path)
-    nope, cmaes, ghost = _at_once(  # independent refusals: run side by side
-        ["--algo", "nope", profile, script, "--", "--x~uniform(0, 1)"],
-        ["--algo", "cmaes", profile, script, "--", "--c~choices(['a', 'b'])"],
-        ["--resume", "--name", "ghost"], cwd=tmp_path)
-    _clear_error(nope, "--algo", "tpe")
-    _clear_error(cmaes, "cmaes", "categorical")
-    _clear_error(ghost, "ghost")
+    _clear_error(parasearch("--algo", "nope", profile, script, "--", "--x~uniform(0, 1)",
+                            cwd=tmp_path), "--algo", "tpe")
+    _clear_error(parasearch("--algo", "cmaes", profile, script, "--",
+                            "--c~choices(['a', 'b'])", cwd=tmp_path), "cmaes", "categorical")
+    _clear_error(parasearch("--resume", "--name", "ghost", cwd=tmp_path), "ghost")
     assert not (tmp_path / "search").exists()
     ok = parasearch("--n", 2, "--name", "s", profile, script, "--", "--x~uniform(0, 1)",
                     cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     _clear_error(parasearch("--resume", "--name", "s", profile, script, "--",
                             "--x~uniform(0, 2)", "--extra", cwd=tmp_path), "differ")
-
-
-def _at_once(*argvs: list, cwd: Path) -> list[subprocess.CompletedProcess]:
-    """`parasearch ARGV` for each ARGV, all started at once; their results in that order."""
-    procs = [subprocess.Popen([sys.executable, "-m", "parasearch", *map(str, argv)], cwd=cwd,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for argv in argvs]
-    done = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return done
 
 
 def _clear_error(done: subprocess.CompletedProcess, *words: str) -> None:
