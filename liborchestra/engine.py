@@ -26,7 +26,13 @@ import attrs
 from liborchestra import events
 from liborchestra.agent import Agents
 from liborchestra.allocator import Allocator
-from liborchestra.errors import ConnectionLostError, LaunchError, OrchestraError, SSHError
+from liborchestra.errors import (
+    ConnectionLostError,
+    LaunchError,
+    OrchestraError,
+    SSHError,
+    TransferError,
+)
 from liborchestra.execution import Execution, Result, State, tail
 from liborchestra.launch import Launcher, LaunchSettings, check_runnable
 from liborchestra.profile import Profile
@@ -70,7 +76,7 @@ class Engine:
         self.launcher.code_missing = self.code.forget
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
-        self._archives: dict[tuple, CodeArchive] = {}
+        self._archives: dict[tuple, CodeArchive | TransferError] = {}
         self._archive_lock = anyio.Lock()
         self._running: dict[str, list[_Running]] = {}  # allocation id -> executions on it
         self._waiting: set[_Running] = set()  # executions waiting for a slot
@@ -206,7 +212,10 @@ class Engine:
 
     async def _place(self, execution: Execution, running: _Running,
                      ticket: Ticket | None = None) -> Result | None:
-        archive = await self._archive(execution.code_dir, execution.ship)
+        try:
+            archive = await self._archive(execution.code_dir, execution.ship)
+        except TransferError as error:  # the code itself (a file it cannot read): failed,
+            return Result(execution, State.FAILED, message=str(error))  # not lost: no rerun
         if self.draining:
             return Result(execution, State.CANCELLED, message="drained before it started")
         self._waiting.add(running)
@@ -262,9 +271,15 @@ class Engine:
         key = (folder, ship)
         async with self._archive_lock:
             if key not in self._archives:
-                self._archives[key] = await anyio.to_thread.run_sync(
-                    build_archive, folder, self.send_ignore, ship)
-            return self._archives[key]
+                try:
+                    self._archives[key] = await anyio.to_thread.run_sync(
+                        build_archive, folder, self.send_ignore, ship)
+                except TransferError as error:  # said once; not read again for every run
+                    self._archives[key] = error
+            built = self._archives[key]
+            if isinstance(built, TransferError):
+                raise built
+            return built
 
     def share_archives(self, other: Engine) -> None:
         """Build each code archive once for both engines (a federation's clusters ship the

@@ -74,7 +74,10 @@ def failures(journal: Journal, limit: int = 10) -> list[tuple[str, str]]:
         stderr = journal.path.parent / row.uuid / "stderr"
         tail = stderr.read_text(errors="replace").strip().splitlines()[-2:] \
             if stderr.is_file() else []
-        why = f"exit {row.ecode}" if row.state == "failed" else (row.message or "lost")
+        if row.state == "failed":  # exit code, or why it could not run (its code unreadable)
+            why = f"exit {row.ecode}" if row.ecode is not None else (row.message or "failed")
+        else:
+            why = row.message or "lost"
         out.append((f"#{row.seq} {row.label or '(no arguments)'}",
                     why + (": " + " | ".join(tail) if tail else "")))
     return out

@@ -124,3 +124,24 @@ def test_remote_code_cache_keeps_the_most_recent_archives(tmp_path):
         in listed.stdout  # the newest one was used just now; the other run has ended
     assert f"code cache on local: {CODE_CACHE_KEEP + 1} archive(s)" in listed.stdout
     assert f"prunes it to the {CODE_CACHE_KEEP} most recently used" in listed.stdout
+
+
+def test_code_that_cannot_be_read_fails_each_execution_once_with_the_file_named(tmp_path):
+    """A file of the code that cannot be read (here a namespace file bind-mounted in, as a
+    careless `--code /tmp` meets on the test bed) is the code's problem, not the cluster's:
+    every execution fails saying which file, nothing is re-run as if lost, and the batch ends."""
+    code = tmp_path / "code"
+    script = write_script(code, "job.sh", "#!/usr/bin/env bash\necho hi\n")
+    unreadable = code / "uts"
+    unreadable.touch()
+    subprocess.run(["mount", "--bind", "/proc/self/ns/uts", str(unreadable)], check=True)
+    try:
+        done = runaway("batch", local_profile(tmp_path), script, "--name", "bad", "--",
+                       "{1;2;3}", cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", str(unreadable)], check=True)
+    assert done.returncode == 1, done.stderr
+    status = runaway("status", "bad", cwd=tmp_path)
+    lines = [line for line in status.stdout.splitlines() if "cannot read for shipping" in line]
+    assert len(lines) == 3 and all(str(unreadable) in line for line in lines), status.stdout
+    assert "failed 3" in status.stdout and "lost" not in status.stdout
