@@ -71,7 +71,8 @@ class Engine:
         self.launcher = Launcher(LaunchSettings(
             profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
             leave=leave, fetch_ignore=fetch_ignore,
-            execution=profile.scheduler.custom.execution if profile.scheduler.custom else ()),
+            execution=profile.scheduler.custom.execution if profile.scheduler.custom else (),
+            kill_grace=profile.kill_grace),
             self.emit, self.agents)
         self.launcher.code_missing = self.code.forget
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)

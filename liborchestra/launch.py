@@ -36,7 +36,6 @@ from liborchestra.transfer import (
 )
 
 log = logging.getLogger(__name__)
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a cancelled script
 REATTACH_ATTEMPTS = 3
 PID_WAIT_POLLS = 100  # tenths of a second a starting run gets to write its pid file
 _SETUP_FAILED = 96
@@ -54,6 +53,7 @@ class LaunchSettings:
     leave: str = "code"
     fetch_ignore: str = ".fetchignore"
     execution: tuple[str, ...] = ()  # legacy profiles: the commands that run the script
+    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL of a stopped script
 
 
 class Launcher:
@@ -94,7 +94,8 @@ class Launcher:
         try:
             record = await self._run_and_fetch(shell, slot, execution, archive)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_GRACE + 10):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(
+                    self.settings.kill_grace + 10):
                 await self.kill(shell, execution)
             raise
         except (SSHError, LaunchError) as error:
@@ -284,7 +285,7 @@ class Launcher:
 
     async def kill(self, shell: Shell, execution: Execution) -> None:
         """Kill the script's process group: SIGTERM, then SIGKILL after a grace period."""
-        polls = int(KILL_GRACE / 0.1)
+        polls = max(1, int(self.settings.kill_grace / 0.1))
         command = (f"cd {self.run_dir(execution)} 2>/dev/null || exit 0; "
                    f"pid=$(cat {INTERNAL}/pid 2>/dev/null) || exit 0; [ -n \"$pid\" ] || exit 0; "
                    "kill -TERM -- -$pid 2>/dev/null || exit 0; "

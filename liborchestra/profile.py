@@ -101,6 +101,7 @@ class Profile:
     env: tuple[tuple[str, str], ...] = ()
     reach: str = "ssh"
     agent: str | None = "python3"  # the node agent's interpreter; None: a shell wrapper each
+    kill_grace: float = 5.0  # seconds from SIGTERM to SIGKILL when a script is stopped
     source: str = "<memory>"
 
     @property
@@ -222,6 +223,15 @@ def _env(value: Any, _: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _kill_grace(value: Any, where: str) -> float:
+    """How long a stopped script has between SIGTERM and SIGKILL (a script that saves a
+    checkpoint on SIGTERM needs the time it takes). At most 10 minutes: a cancel waits for it."""
+    seconds = parse_duration(value, where)
+    if seconds > 600:
+        raise Bad(f"expected at most 10m, got {value!r}")
+    return seconds
+
+
 def parse_profile(data: Any, source: str, default_name: str = "profile") -> Profile:
     """Validate a profile given as parsed YAML; raises ProfileError naming the bad field."""
     f = Fields(data, source)
@@ -238,6 +248,7 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
         env=f.get("env", _env, ()),
         reach=f.get("reach", _choice(REACH), "ssh"),
         agent=f.get("agent", _agent, "python3"),
+        kill_grace=f.get("kill_grace", _kill_grace, 5.0),
         source=source,
     )
     f.done()

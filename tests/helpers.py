@@ -35,9 +35,10 @@ def write_profile(folder: Path, name: str, data: dict) -> Path:
     return path
 
 
-def local_profile(tmp: Path, slots: int | str = 4) -> Path:
+def local_profile(tmp: Path, slots: int | str = 4, **extra) -> Path:
     return write_profile(tmp / "profiles", "loc", {
-        "scheduler": {"kind": "local"}, "slots": slots, "directory": str(tmp / "remote")})
+        "scheduler": {"kind": "local"}, "slots": slots, "directory": str(tmp / "remote"),
+        **extra})
 
 
 def ssh_options(testbed, **extra) -> dict:

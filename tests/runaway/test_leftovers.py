@@ -34,7 +34,7 @@ def _procs(marker: str) -> list[str]:
 
 def _triple_interrupt(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
     """A batch of two executions that ignore SIGTERM (so the kill of the second Ctrl-C is
-    still waiting out its grace), interrupted three times: it exits at once."""
+    still waiting out its grace, 2 s here), interrupted three times: it exits at once."""
     gate = tmp_path / "gate"
     gate.touch()
     script = write_script(tmp_path / "code", f"stubborn-{uuid.uuid4().hex[:8]}.sh", f"""\
@@ -43,7 +43,7 @@ def _triple_interrupt(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
         while [ -e {gate} ]; do sleep 0.1; done
         echo "done $1"
         """)
-    profile = local_profile(tmp_path, slots=2)
+    profile = local_profile(tmp_path, slots=2, kill_grace="2s")
     _interrupt_thrice(tmp_path, ["batch", str(profile), str(script), "--name", name, "--json",
                                  "--", "{1;2}"])
     return profile, script, gate

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.helpers import local_profile, wait_started, write_script
@@ -57,3 +59,56 @@ def test_sched_exit_code_and_failure_lines_like_batch(tmp_path):
     shown = runaway("results", "s", "--format", "csv", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.count("failed") == 2  # the same rows as a batch's
+
+
+def _stopped_with_grace(tmp_path: Path, grace: str) -> tuple[bool, float]:
+    """Start a script that saves a checkpoint 1.5 s after SIGTERM, stop the batch (SIGINT
+    twice), and say whether the checkpoint was saved, and how long the stop took."""
+    saved, running = tmp_path / "saved", tmp_path / "running"
+    script = write_script(tmp_path / "code", "ckpt.sh", f"""\
+        #!/usr/bin/env bash
+        trap 'sleep 1.5; echo saved > {saved}; exit 0' TERM
+        touch {running}
+        sleep 60 &
+        wait
+        """)
+    profile = local_profile(tmp_path, slots=1, kill_grace=grace)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", "g",
+         "--json", "--", "{1}"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    try:
+        wait_started(proc, 1)
+        deadline = time.monotonic() + 20
+        while not running.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+        return saved.exists(), time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test run in the background ignores it
+
+
+def test_kill_grace_gives_a_stopped_script_the_time_it_asked_for(tmp_path):
+    saved, _ = _stopped_with_grace(tmp_path / "long", "4s")
+    assert saved  # SIGTERM, then 4 s: the 1.5 s checkpoint is written
+    saved, seconds = _stopped_with_grace(tmp_path / "short", "0.5s")
+    assert not saved and seconds < 4  # SIGKILL after 0.5 s: no checkpoint, no 5 s wait
+
+
+def test_a_bad_kill_grace_is_one_clear_error(tmp_path):
+    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\ntrue\n")
+    for value in ("soon", "2h"):
+        done = runaway("exec", local_profile(tmp_path / value, kill_grace=value), script,
+                       cwd=tmp_path)
+        assert done.returncode == 2 and "kill_grace" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
