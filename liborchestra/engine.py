@@ -358,11 +358,7 @@ class Engine:
         return self._shells[node]
 
     def emit(self, event: events.Event) -> None:
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not break executions
-                log.exception("event listener failed on %r", event)
+        events.deliver(self.listeners, event)
 
 
 def _finished(result: Result, asked: Execution) -> Result:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import logging
+from typing import Callable, Iterable, Union
 
 import attrs
 
@@ -99,3 +100,12 @@ Event = Union[AllocationRequested, AllocationGranted, AllocationReleased, Alloca
               ExecutionStarted, Output, ExecutionFinished, ConnectionProblem,
               AgentStarted, AgentUnavailable]
 Listener = Callable[[Event], None]
+
+
+def deliver(listeners: Iterable[Listener], event: object) -> None:
+    """Give `event` to every listener; a broken listener must not break executions."""
+    for listener in listeners:
+        try:
+            listener(event)  # type: ignore[arg-type]
+        except Exception:
+            logging.getLogger(__name__).exception("event listener failed on %r", event)

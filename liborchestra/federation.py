@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -36,7 +35,6 @@ from liborchestra.schedulers import Allocation
 from liborchestra.shell import Shell
 from liborchestra.transfer import CodeLarge, CodeLeftOut
 
-log = logging.getLogger(__name__)
 SEPARATOR = "/"
 
 
@@ -216,11 +214,7 @@ class Federation:
     # -- events ----------------------------------------------------------------------------------
 
     def emit(self, event: events.Event) -> None:
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not break executions
-                log.exception("event listener failed on %r", event)
+        events.deliver(self.listeners, event)
 
     def _relay(self, cluster: str, event: events.Event) -> None:
         """A cluster's event, its nodes and allocations named `cluster/...`."""
