@@ -209,7 +209,7 @@ class Launcher:
                 f"[ ! -e {INTERNAL}/ecode ] && [ $n -lt {PID_WAIT_POLLS} ]; do "
                 "sleep 0.1; n=$((n + 1)); done; "
                 f"pid=$(cat {INTERNAL}/pid 2>/dev/null); "
-                f"while [ ! -e {INTERNAL}/ecode ] && [ -n \"$pid\" ] && kill -0 \"$pid\" "
+                f"while [ ! -s {INTERNAL}/ecode ] && [ -n \"$pid\" ] && kill -0 \"$pid\" "
                 "2>/dev/null; do sleep 0.2; done")
         error: SSHError | None = None
         for attempt in range(REATTACH_ATTEMPTS):
@@ -233,7 +233,7 @@ class Launcher:
             f"[ -f {root}/code/{archive.name} ] || exit {_CODE_MISSING}",
             f"mkdir -p {self.run_dir(execution)}/{INTERNAL} && cd {self.run_dir(execution)} "
             f"&& tar -xf {root}/code/{archive.name} || exit {_SETUP_FAILED}",
-            f": > {INTERNAL}/stdout; : > {INTERNAL}/stderr; touch {INTERNAL}/unpacked",
+            f": > {INTERNAL}/stdout; : > {INTERNAL}/stderr",
             f"printf '%s' {shlex.quote(runner)} > {INTERNAL}/run.sh",
             f"setsid bash {INTERNAL}/run.sh < /dev/null > /dev/null 2>&1 &",
             f"pid=$!; echo $pid > {INTERNAL}/pid",
@@ -280,7 +280,7 @@ class Launcher:
             *(f"export {k}={v}" for k, v in env),
             *s.setup,
             command,
-            f"echo $? > {INTERNAL}/ecode.tmp && mv -f {INTERNAL}/ecode.tmp {INTERNAL}/ecode",
+            f"echo $? > {INTERNAL}/ecode",  # one write: readers wait for it to be non-empty
         ]) + "\n"
 
     async def kill(self, shell: Shell, execution: Execution) -> None:

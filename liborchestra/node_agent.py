@@ -6,10 +6,14 @@ This file is shipped to the node as it is (cached there by content hash, like th
 run with the node's `python3` (3.8 or newer), so it uses the standard library only and imports
 nothing from liborchestra. The driver imports it too, for the protocol and the ignore rules.
 
-It keeps the run-folder contract of the shell wrapper exactly: each run folder gets the code,
-`.orchestra/{stdout,stderr,run.sh,pid,unpacked}`, and the wrapper writes `.orchestra/ecode`
-when the script ends. So when the agent or its channel dies, nothing is lost: the script runs
-on in its own session, and the driver reattaches to the run folder the way it always has.
+It keeps the run-folder contract of the shell wrapper: each run folder gets the code and
+`.orchestra/{stdout,stderr,pid}`, and the wrapper (bash, in the script's own session) writes
+`.orchestra/{node,digest}` and, when the script ends, `.orchestra/ecode`. So when the agent or
+its channel dies, nothing is lost: the script runs on in its own session, and the driver
+reattaches to the run folder the way it always has. Files are few on purpose (creating one
+costs up to half a millisecond on some disks, and more on parallel filesystems): the code is
+written from memory, the wrapper gets its script as an argument, and what a run made is told
+from the code by its time (the code's files date from 1970), not by a marker file.
 
 Protocol, both ways: frames of one JSON header line, then `size` raw bytes and a newline when
 size > 0 (the newline because `srun` holds a partial line back until one comes).
@@ -35,10 +39,12 @@ import tarfile
 import tempfile
 import threading
 
-PROTOCOL = 1
+PROTOCOL = 2
 INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
 _COPY = 1 << 20
 INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
+CODE_TIME = 1  # seconds since 1970: the code's files are older (0), what the run wrote newer
+RUNNER_ARGUMENT = 64 * 1024  # bytes: a longer wrapper script goes to a file (argv is bounded)
 
 
 def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -> bool:
@@ -59,9 +65,9 @@ def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -
 
 
 def result_files(run: str, patterns: list[str]) -> list[str]:
-    """What the results tar holds, as `find -newer .orchestra/unpacked` chose it: the files and
-    links the run made or changed (ignored ones and `.orchestra` pruned), then the record."""
-    since = os.lstat(os.path.join(run, INTERNAL, "unpacked")).st_mtime_ns
+    """What the results tar holds, as `find -newermt @1` chose it: the files and links the run
+    made or changed (ignored ones and `.orchestra` pruned), then the record."""
+    since = CODE_TIME * 10**9
     chosen = []
     for root, dirs, files in os.walk(run):
         rel_root = os.path.relpath(root, run)
@@ -115,10 +121,90 @@ class CodeMissing(Exception):
     """The code archive is gone (pruned or cleaned): the driver sends it again."""
 
 
+class Code:
+    """A code archive read once, then written out from memory into each run folder, as
+    tarfile would extract it (modes and times kept) but without parsing the tar each time.
+    None for archives that are large or hold other than folders, files and links."""
+
+    LIMIT = 64 << 20  # bytes: larger archives are extracted from disk each time
+
+    def __init__(self, members: list) -> None:
+        self.members = members
+
+    @classmethod
+    def read(cls, path: str):
+        if os.path.getsize(path) > cls.LIMIT:
+            return None
+        members = []
+        with tarfile.open(path, mode="r:") as tar:
+            for m in tar:
+                if m.isdir():
+                    members.append((m.name, "d", m.mode, None, m.mtime))
+                elif m.isreg():
+                    members.append((m.name, "f", m.mode, tar.extractfile(m).read(), m.mtime))
+                elif m.issym():
+                    members.append((m.name, "l", m.mode, m.linkname, m.mtime))
+                else:
+                    return None
+        return cls(members)
+
+    def write(self, run: str) -> None:
+        folders = []
+        made = {run}
+        for name, kind, mode, data, mtime in self.members:
+            path = os.path.join(run, name)
+            parent = os.path.dirname(path)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            if kind == "d":
+                os.makedirs(path, exist_ok=True)
+                made.add(path)
+                folders.append((path, mode, mtime))
+            elif kind == "f":
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+                os.utime(path, (mtime, mtime))
+            else:
+                os.symlink(data, path)
+        for path, mode, mtime in reversed(folders):  # last, as files change their times
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
+
+
+def _extract(archive: str, run: str, codes: dict) -> None:
+    code = codes.get(archive, False)
+    if code is False:
+        code = codes[archive] = Code.read(archive)
+    if code is not None:
+        code.write(run)
+        return
+    with tarfile.open(archive, mode="r:") as tar:
+        if hasattr(tarfile, "fully_trusted_filter"):  # our own archive, made by the driver
+            tar.extractall(run, filter="fully_trusted")
+        else:
+            tar.extractall(run)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 class Agent:
     def __init__(self, out) -> None:
         self.out = out
         self.lock = threading.Lock()
+        self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
 
     def send(self, header: dict, payload=None, size: int = 0) -> None:
         header = dict(header, size=size)
@@ -137,17 +223,18 @@ class Agent:
     def run(self, order: dict) -> None:
         ident = order["id"]
         try:
-            run, proc = self.start(order)
+            run, wait, pid = self.start(order)
         except Exception as error:  # one execution's setup failed: say so, serve the others
             self.send({"op": "failed", "id": ident, "message": str(error),
                        "code_missing": isinstance(error, CodeMissing)})
             return
-        self.send({"op": "started", "id": ident, "pid": proc.pid})
-        threading.Thread(target=self.finish, args=(ident, run, proc, order.get("ignore", [])),
+        self.send({"op": "started", "id": ident, "pid": pid})
+        threading.Thread(target=self.finish, args=(ident, run, wait, order.get("ignore", [])),
                          daemon=True).start()
 
     def start(self, order: dict):
-        """Run folder, code, record files and the detached wrapper, as the shell wrapper does."""
+        """Run folder, code, record files and the detached wrapper, as the shell wrapper does:
+        the run folder, a way to wait for the end, and the pid of the session's leader."""
         run = _expand(order["dir"])
         internal = os.path.join(run, INTERNAL)
         os.makedirs(internal, exist_ok=True)
@@ -156,27 +243,22 @@ class Agent:
             os.utime(archive)  # used now: the code cache keeps the most recently used archives
         except FileNotFoundError:
             raise CodeMissing(f"no code archive {archive}") from None
-        with tarfile.open(archive, mode="r:") as tar:
-            if hasattr(tarfile, "fully_trusted_filter"):  # our own archive, made by the driver
-                tar.extractall(run, filter="fully_trusted")
-            else:
-                tar.extractall(run)
-        for name in ("stdout", "stderr", "unpacked"):
-            open(os.path.join(internal, name), "wb").close()
-        script = os.path.join(internal, "run.sh")
-        with open(script, "w") as f:
-            f.write(order["runner"])
-        proc = subprocess.Popen(["bash", script], cwd=run, stdin=subprocess.DEVNULL,
+        _extract(archive, run, self.codes)
+        for name in ("stdout", "stderr"):
+            _write(os.path.join(internal, name), "")
+        runner = order["runner"]
+        argv = ["bash", "-c", runner, "runaway-wrapper"]
+        if len(runner) > RUNNER_ARGUMENT:
+            _write(os.path.join(internal, "run.sh"), runner)
+            argv = ["bash", os.path.join(internal, "run.sh")]
+        proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True)
-        pid_tmp = os.path.join(internal, "pid.tmp")
-        with open(pid_tmp, "w") as f:
-            f.write(f"{proc.pid}\n")
-        os.replace(pid_tmp, os.path.join(internal, "pid"))
-        return run, proc
+        _write(os.path.join(internal, "pid"), f"{proc.pid}\n")  # one small write: whole or empty
+        return run, proc.wait, proc.pid
 
-    def finish(self, ident: str, run: str, proc, patterns: list[str]) -> None:
-        proc.wait()
+    def finish(self, ident: str, run: str, wait, patterns: list[str]) -> None:
+        wait()
         try:
             files = result_files(run, patterns)
             record = _small_record(run, files)

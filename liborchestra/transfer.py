@@ -24,7 +24,7 @@ import anyio
 import attrs
 
 from liborchestra.errors import TransferError
-from liborchestra.node_agent import ignored
+from liborchestra.node_agent import CODE_TIME, ignored
 from liborchestra.shell import Shell
 
 OUTPUT_MARKER = ".orchestra-output"  # written into local output folders; never shipped back out
@@ -323,10 +323,11 @@ def parse_removed(text: str) -> tuple[tuple[str, int], ...]:
 
 
 def pack_command(run_dir: str, rules: IgnoreRules) -> str:
-    """Remote command writing to stdout a tar of the run's new files and its record."""
+    """Remote command writing to stdout a tar of the run's new files and its record (the
+    code's files date from 1970, so anything newer the run made or changed)."""
     prune = rules.find_predicates()
     return (f"cd {run_dir} && {{ find . \\( {prune} \\) -prune -o \\( -type f -o -type l \\) "
-            f"-newer {INTERNAL}/unpacked -print0; "
+            f"-newermt @{CODE_TIME} -print0; "
             f"for f in stdout stderr ecode; do [ -e {INTERNAL}/$f ] && printf '%s\\0' "
             f"./{INTERNAL}/$f; done; }} | tar --null --no-recursion -T - -cf -")
 

@@ -201,3 +201,37 @@ def test_code_archive_removed_mid_batch_is_sent_again(tmp_path, agent):
     assert [r[1] for r in final] == ["completed"] * 16
     assert sum(r[2] for r in final) >= 1  # the one that found it gone was lost, then re-run
     assert len(_names(seen, "CodeSent")) == 2
+
+
+@pytest.mark.parametrize("agent", [True, False])
+def test_the_run_folder_holds_the_code_as_archived_and_every_file_the_run_made(tmp_path, agent):
+    """The agent writes the code from memory (modes, links, nested folders as tar would), and
+    what the run made is told from the code by time: a file the run wrote with an old date (a
+    dataset unpacked from a tarball) comes back too; the code does not. A 40 KB argument
+    reaches the script verbatim (its wrapper script is too long for a command line)."""
+    code = tmp_path / "code"
+    script = write_script(code, "job.sh", (
+        "#!/usr/bin/env bash\nset -e\ntest -x sub/deep/tool.sh; test ! -x sub/data.txt\n"
+        "[ \"$(readlink link)\" = sub/data.txt ]; [ \"$(cat link)\" = data ]\n"
+        "sub/deep/tool.sh > made.txt; touch -d 2001-01-01 old.txt\n"
+        "printf '%s' \"$1\" | wc -c\n"))
+    (code / "sub" / "deep").mkdir(parents=True)
+    (code / "sub" / "data.txt").write_text("data")
+    tool = code / "sub" / "deep" / "tool.sh"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o755)
+    (code / "link").symlink_to("sub/data.txt")
+    profile = write_profile(tmp_path / "profiles", "loc", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote"),
+        "agent": agent})
+    size = 40000 if agent else 20000  # the agent's wrapper gets it in a file past 64 KB
+    long = "x$(y)" * (size // 5)  # shell syntax and all
+    done = subprocess.run(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", "c",
+         "--", long], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [folder] = [f for f in (tmp_path / "batch/c").iterdir() if f.is_dir()]
+    assert (folder / "stdout").read_text().strip() == str(size), (folder / "stderr").read_text()
+    assert (folder / "made.txt").read_text() == "tool\n"
+    assert (folder / "old.txt").exists()
+    assert not (folder / "sub").exists() and not (folder / "link").exists()
