@@ -84,6 +84,7 @@ class Engine:
         self.draining = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending = 0
+        self._runnable: set[Path] = set()  # scripts checked once: the code is archived once
         self._idle = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -159,7 +160,9 @@ class Engine:
         first (see liborchestra.federation); an engine that loses says nothing."""
         if self._tg is None:
             raise RuntimeError("use the engine inside `async with`")
-        check_runnable(execution.script)
+        if execution.script not in self._runnable:
+            check_runnable(execution.script)
+            self._runnable.add(execution.script)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         scope = anyio.CancelScope()
         future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import shlex
 import uuid as uuidlib
@@ -75,7 +76,7 @@ class Execution:
 
     @property
     def code_dir(self) -> Path:
-        return (self.code or self.script.parent).resolve()
+        return _resolved(self.code or self.script.parent)
 
     @property
     def arguments(self) -> str:
@@ -125,3 +126,10 @@ def tail(path: Path, limit: int = TAIL) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(folder: Path) -> Path:
+    """Every execution of a batch asks for its code folder: resolved once, not a syscall per
+    path component each time."""
+    return folder.resolve()

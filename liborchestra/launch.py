@@ -33,6 +33,7 @@ from liborchestra.transfer import (
     mark_output,
     pack_command,
     remote_path,
+    write_file,
 )
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,9 @@ class Launcher:
             mark_output(execution.output)  # not when it holds the user's own files
         record = sink.unpack(execution.output)
         if execution.output is not None:
+            folder = str(execution.output)
             for name in ("stdout", "stderr", "ecode"):
-                (execution.output / name).write_bytes(record.get(name, b""))
+                write_file(os.path.join(folder, name), record.get(name, b""))
         self.discard(shell, execution)
         return record
 

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -25,6 +24,7 @@ import attrs
 
 from liborchestra.journal import Journal, Row
 from liborchestra.sched import find_features
+from liborchestra.transfer import write_file
 
 RECORD_FILE = "runaway.json"
 RESULTS_FILE = "results.json"
@@ -186,10 +186,9 @@ def record(row: Row, **extra: object) -> dict:
 def write_record(folder: Path, data: dict) -> None:
     """Write `folder/runaway.json` atomically (a crash never leaves half a record)."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{RECORD_FILE}.")
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(data, indent=1, sort_keys=True) + "\n")  # one write, not many
-    os.replace(tmp, folder / RECORD_FILE)
+    tmp = os.path.join(folder, f".{RECORD_FILE}.tmp")  # one writer per folder: the driver
+    write_file(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    os.replace(tmp, os.path.join(folder, RECORD_FILE))
 
 
 __all__ = ["Metrics", "RECORD_FILE", "ResultRow", "parse_parameters", "read_metrics", "record",
