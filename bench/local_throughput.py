@@ -3,7 +3,15 @@ replaced) against HyperQueue's LocalCluster (a real server and worker, in-proces
 parallel — each a whole process, as a user would time it, interleaved in one run.
 
 HyperQueue runs from the bench environment (BENCH_HQ_PYTHON, default /work/bench-venv/bin/python,
-`pip install hyperqueue`)."""
+`pip install hyperqueue`). Ours runs a script, `true.sh` (`true`, no execute bit: `bash
+./true.sh` in its run folder); the peers run `true` itself (the issue's setup) and the same
+`bash true.sh`; HyperQueue once more keeping its default outputs (a stdout and a stderr file
+per task) in a folder per task (`task_dir`), the nearest to our run-folder contract.
+
+`--dir PATH` puts every tool's folders there (default: a new temporary folder). It matters: on
+this machine creating a file costs from 0.02 to 0.6 ms depending on where the folder is, and an
+execution of ours creates about a dozen (run folder, output folder, record), so compare tools
+within one run, and runs in one folder."""
 
 from __future__ import annotations
 
@@ -23,12 +31,16 @@ HQ_PYTHON = os.environ.get("BENCH_HQ_PYTHON", "/work/bench-venv/bin/python")
 _HQ = """
 import sys
 from hyperqueue import Job, LocalCluster
+n, argv, output = int(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
 with LocalCluster() as cluster:
     cluster.start_worker()
     client = cluster.client()
     job = Job()
-    for _ in range(int(sys.argv[1])):
-        job.program(["true"], stdout=None, stderr=None)
+    for _ in range(n):
+        if output == "files":
+            job.program(argv, task_dir=True)
+        else:
+            job.program(argv, stdout=None, stderr=None)
     client.wait_for_jobs([client.submit(job)])
 """
 
@@ -58,23 +70,39 @@ def _runaway(agent: bool):
     return measure
 
 
-def _hyperqueue(n: int, folder: Path) -> float:
-    return _timed([HQ_PYTHON, "-c", _HQ, str(n)], folder)
+def _hyperqueue(command: str, output: str):
+    def measure(n: int, folder: Path) -> float:
+        work = folder / f"hq-{time.monotonic_ns()}"
+        work.mkdir()
+        (work / "true.sh").write_text("true\n")
+        wall = _timed([HQ_PYTHON, "-c", _HQ, str(n), command, output], work)
+        shutil.rmtree(work)
+        return wall
+    return measure
 
 
-def _parallel(n: int, folder: Path) -> float:
-    return _timed(["parallel", "--will-cite", "-j", str(SLOTS), "true", ":::",
-                   *map(str, range(n))], folder)
+def _parallel(command: str):
+    def measure(n: int, folder: Path) -> float:
+        (folder / "true.sh").write_text("true\n")
+        return _timed(["parallel", "--will-cite", "-j", str(SLOTS), *command.split(), ":::",
+                       *map(str, range(n))], folder)
+    return measure
 
 
-def run(n: int = 2000, repeats: int = 3) -> list[dict]:
+def run(n: int = 2000, repeats: int = 3, where: str | None = None) -> list[dict]:
     tools = {"runaway batch local (node agent)": _runaway(True),
              "runaway batch local (shell wrapper, agent: false)": _runaway(False),
-             "HyperQueue 0.27 LocalCluster (1 worker)": _hyperqueue}
+             "HyperQueue 0.27 LocalCluster (1 worker), `true`": _hyperqueue("true", "none"),
+             "HyperQueue, `bash true.sh` (our work)": _hyperqueue("bash true.sh", "none"),
+             "HyperQueue, `bash true.sh`, stdout/stderr files, task_dir":
+                 _hyperqueue("bash true.sh", "files")}
     if shutil.which("parallel"):
-        tools["GNU parallel -j 8"] = _parallel
+        tools["GNU parallel -j 8, `true`"] = _parallel("true")
+        tools["GNU parallel -j 8, `bash true.sh`"] = _parallel("bash true.sh")
     walls: dict[str, list[float]] = {name: [] for name in tools}
-    with tempfile.TemporaryDirectory() as tmp:
+    if where is not None:
+        Path(where).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=where) as tmp:
         folder = Path(tmp)
         for _ in range(repeats):
             for name, measure in tools.items():
@@ -87,5 +115,6 @@ def run(n: int = 2000, repeats: int = 3) -> list[dict]:
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
-    for row in run(n=500 if quick else 2000, repeats=1 if quick else 3):
+    where = sys.argv[sys.argv.index("--dir") + 1] if "--dir" in sys.argv else None
+    for row in run(n=500 if quick else 2000, repeats=1 if quick else 3, where=where):
         print(f"{row['tool']:55s} {row['value']:8.1f} {row['unit']}  ratio {row['ratio']:.2f}")

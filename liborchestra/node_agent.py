@@ -33,6 +33,7 @@ import base64
 import fnmatch
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -200,6 +201,27 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
+_NULL = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+         (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)) \
+    if hasattr(os, "POSIX_SPAWN_OPEN") else ()
+_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ")
+                         if hasattr(signal, name))  # Python ignores them; scripts must not
+
+
+def _spawn(argv: list, run: str):
+    """The wrapper, detached in its own session: posix_spawn (a vfork, not a copy of this
+    process) where the platform has it, else subprocess. The wrapper changes folder itself;
+    the agent's own files are all close-on-exec. Its pid, and how to wait for it."""
+    if _NULL and hasattr(os, "posix_spawnp"):
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=_NULL, setsid=True,
+                              setsigdef=_DEFAULT_SIGNALS)
+        return pid, lambda: os.waitpid(pid, 0)
+    proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    return proc.pid, proc.wait
+
+
 class Agent:
     def __init__(self, out) -> None:
         self.out = out
@@ -251,11 +273,9 @@ class Agent:
         if len(runner) > RUNNER_ARGUMENT:
             _write(os.path.join(internal, "run.sh"), runner)
             argv = ["bash", os.path.join(internal, "run.sh")]
-        proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, close_fds=True)
-        _write(os.path.join(internal, "pid"), f"{proc.pid}\n")  # one small write: whole or empty
-        return run, proc.wait, proc.pid
+        pid, wait = _spawn(argv, run)
+        _write(os.path.join(internal, "pid"), f"{pid}\n")  # one small write: whole or empty
+        return run, wait, pid
 
     def finish(self, ident: str, run: str, wait, patterns: list[str]) -> None:
         wait()

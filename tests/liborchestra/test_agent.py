@@ -235,3 +235,22 @@ def test_the_run_folder_holds_the_code_as_archived_and_every_file_the_run_made(t
     assert (folder / "made.txt").read_text() == "tool\n"
     assert (folder / "old.txt").exists()
     assert not (folder / "sub").exists() and not (folder / "link").exists()
+
+
+@pytest.mark.parametrize("agent", [True, False])
+def test_scripts_get_sigpipe_at_its_default_as_in_a_terminal(tmp_path, agent):
+    """Python ignores SIGPIPE and the agent is Python: its wrappers must not inherit that, or
+    `producer | head` would go on until EPIPE and complain (`yes: Broken pipe`)."""
+    script = write_script(tmp_path / "code", "job.sh",
+                          "#!/usr/bin/env bash\nyes | head -1 > /dev/null; "
+                          "echo \"status ${PIPESTATUS[0]}\"\n")
+    profile = write_profile(tmp_path / "profiles", "loc", {
+        "scheduler": {"kind": "local"}, "slots": 1, "directory": str(tmp_path / "remote"),
+        "agent": agent})
+    done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(profile), str(script),
+                           "--name", "p", "-x", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [folder] = [f for f in (tmp_path / "batch/p").iterdir() if f.is_dir()]
+    assert (folder / "stdout").read_text() == "status 141\n"  # 128 + SIGPIPE
+    assert (folder / "stderr").read_text() == ""
