@@ -3,10 +3,16 @@
 An execution waits here for a slot. A slot is not handed to an execution that declared a
 duration longer than what is left of the slot's allocation (it would be killed at walltime).
 Free slots are taken from the least busy node, so load spreads over nodes.
+
+A freed slot is handed straight to the first waiting execution it fits, in arrival order: one
+wake-up per slot, not every waiter woken to look (with a window of work queued ahead of the
+slots, that was most of the driver's scheduling time). Everything here runs on the event
+loop's one thread, between awaits, so it needs no lock.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import anyio
@@ -28,13 +34,20 @@ class Slot:
         return float("inf") if ends is None else ends - now
 
 
+@attrs.define(eq=False)
+class _Waiter:
+    duration: float | None
+    woken: anyio.Event = attrs.field(factory=anyio.Event)
+    slot: Slot | None = None  # handed over by release or add
+    queued: bool = False  # in the pool's queue (a membership test of a deque is a scan)
+
+
 class SlotPool:
     def __init__(self) -> None:
         self._free: list[Slot] = []
         self._busy: dict[str, int] = {}  # node name -> busy slots
         self._live: dict[str, Allocation] = {}
-        self._changed = anyio.Condition()
-        self._waiting: list[float | None] = []  # declared durations of waiting executions
+        self._waiters: deque[_Waiter] = deque()  # in arrival order
         self._error: Exception | None = None  # a refusal that cannot succeed (until a grant)
         self._error_above: float | None = None
         self.on_wait: Callable[[], None] = lambda: None  # told when work starts waiting
@@ -43,7 +56,7 @@ class SlotPool:
     @property
     def waiting(self) -> int:
         """Executions waiting for a slot: the demand that drives allocation."""
-        return len(self._waiting)
+        return len(self._waiters)
 
     @property
     def allocations(self) -> list[Allocation]:
@@ -70,13 +83,13 @@ class SlotPool:
         now = anyio.current_time()
         room = max((float("inf") if a.ends_at is None else a.ends_at - now
                     for a in self._live.values()), default=float("-inf"))
-        unfit = [d for d in self._waiting if d is not None and d + WALLTIME_MARGIN > room]
+        unfit = [w.duration for w in self._waiters
+                 if w.duration is not None and w.duration + WALLTIME_MARGIN > room]
         return max(unfit, default=None)
 
     async def quarantine(self, node: str, seconds: float) -> None:
         """Hand out no slot of `node` for a while (it could not be reached)."""
-        async with self._changed:
-            self._quarantine[node] = anyio.current_time() + seconds
+        self._quarantine[node] = anyio.current_time() + seconds
 
     async def fail(self, error: Exception, longer_than: float | None = None) -> None:
         """A request that cannot succeed was refused: waiting work raises it, and so does work
@@ -84,9 +97,10 @@ class SlotPool:
         again. With `longer_than` (the refused request was for work that declared that long a
         duration), only work declaring at least that long fails: shorter work may still get
         an allocation of the profile's walltime."""
-        async with self._changed:
-            self._error, self._error_above = error, longer_than
-            self._changed.notify_all()
+        self._error, self._error_above = error, longer_than
+        for waiter in self._waiters:
+            if self._refused(waiter.duration):
+                waiter.woken.set()
 
     def _refused(self, duration: float | None) -> bool:
         if self._error is None:
@@ -94,39 +108,68 @@ class SlotPool:
         return self._error_above is None or (duration or 0.0) >= self._error_above
 
     async def add(self, allocation: Allocation) -> None:
-        async with self._changed:
-            self._live[allocation.id] = allocation
-            self._error = None
-            for node in allocation.nodes:
-                self._busy.setdefault(node.name, 0)
-                self._free.extend(Slot(allocation, node, h) for h in node.handles)
-            self._changed.notify_all()
+        self._live[allocation.id] = allocation
+        self._error = None
+        for node in allocation.nodes:
+            self._busy.setdefault(node.name, 0)
+            self._free.extend(Slot(allocation, node, h) for h in node.handles)
+        self._hand_over()
 
     async def withdraw(self, allocation_id: str) -> None:
         """Forget an allocation: its free slots vanish, its busy slots are not taken back."""
-        async with self._changed:
-            self._live.pop(allocation_id, None)
-            self._free = [s for s in self._free if s.allocation.id != allocation_id]
-            self._changed.notify_all()
+        self._live.pop(allocation_id, None)
+        self._free = [s for s in self._free if s.allocation.id != allocation_id]
 
     async def acquire(self, duration: float | None = None) -> Slot:
         """Wait for a free slot whose allocation lasts long enough for `duration` seconds."""
-        async with self._changed:
-            self._waiting.append(duration)
-            self.on_wait()
-            try:
-                while True:
-                    slot = self._pick(duration)
-                    if slot is not None:
-                        self._free.remove(slot)
-                        self._busy[slot.node.name] = self._busy.get(slot.node.name, 0) + 1
-                        return slot
-                    if self._refused(duration):
-                        raise self._error
-                    with anyio.move_on_after(self._next_release()):
-                        await self._changed.wait()
-            finally:
-                self._waiting.remove(duration)
+        waiter = _Waiter(duration)
+        slot = self._pick(duration)  # a free slot now is one no waiter ahead fits: fair to take
+        if slot is not None:
+            return self._take(slot)
+        if self._refused(duration):
+            raise self._error  # type: ignore[misc]
+        self._waiters.append(waiter)
+        waiter.queued = True
+        self.on_wait()
+        try:
+            while True:
+                with anyio.move_on_after(self._next_release()):
+                    await waiter.woken.wait()
+                if waiter.slot is not None:
+                    slot, waiter.slot = waiter.slot, None
+                    return slot
+                if self._refused(duration):
+                    raise self._error  # type: ignore[misc]
+                slot = self._pick(duration)  # a quarantine ended, or a refusal was lifted
+                if slot is not None:
+                    return self._take(slot)
+                waiter.woken = anyio.Event()
+        finally:
+            if waiter.queued:
+                waiter.queued = False
+                self._waiters.remove(waiter)
+            if waiter.slot is not None:  # handed a slot, then cancelled before it resumed
+                self._give_back(waiter.slot)
+
+    def _take(self, slot: Slot) -> Slot:
+        self._free.remove(slot)
+        self._busy[slot.node.name] = self._busy.get(slot.node.name, 0) + 1
+        return slot
+
+    def _hand_over(self) -> None:
+        """Give free slots to the waiters they fit, first come first served (usually the
+        first waiter takes the one slot freed: no scan of the queue)."""
+        skipped: list[_Waiter] = []
+        while self._free and self._waiters:
+            waiter = self._waiters.popleft()
+            slot = self._pick(waiter.duration)
+            if slot is None:  # fits none of the free slots (its declared duration)
+                skipped.append(waiter)
+                continue
+            waiter.queued = False
+            waiter.slot = self._take(slot)
+            waiter.woken.set()
+        self._waiters.extendleft(reversed(skipped))
 
     def _pick(self, duration: float | None) -> Slot | None:
         now = anyio.current_time()
@@ -146,9 +189,11 @@ class SlotPool:
         ends = [until - now for until in self._quarantine.values() if until > now]
         return min(ends, default=float("inf"))
 
+    def _give_back(self, slot: Slot) -> None:
+        self._busy[slot.node.name] = max(0, self._busy.get(slot.node.name, 1) - 1)
+        if slot.allocation.id in self._live:
+            self._free.append(slot)
+        self._hand_over()
+
     async def release(self, slot: Slot) -> None:
-        async with self._changed:
-            self._busy[slot.node.name] = max(0, self._busy.get(slot.node.name, 1) - 1)
-            if slot.allocation.id in self._live:
-                self._free.append(slot)
-            self._changed.notify_all()
+        self._give_back(slot)
