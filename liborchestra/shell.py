@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable, Protocol
 import anyio
 
 from liborchestra.errors import ConnectionLostError
-from liborchestra.ssh import LOST_ERRORS, Completed, HostPool
+from liborchestra.ssh import Completed, HostPool, lost_errors
 
 Sink = Callable[[bytes], None]
 _CHUNK = 65536
@@ -69,13 +69,13 @@ class _StreamPipe:
     def write(self, data: bytes) -> None:
         try:
             self._writer.write(data)
-        except (*LOST_ERRORS, RuntimeError) as error:  # RuntimeError: asyncio's closed pipe
+        except (*lost_errors(), RuntimeError) as error:  # RuntimeError: asyncio's closed pipe
             raise ConnectionLostError(f"{self.name}: pipe closed: {error}") from None
 
     async def readline(self) -> bytes:
         try:
             return await self._reader.readline()
-        except LOST_ERRORS as error:
+        except lost_errors() as error:
             raise ConnectionLostError(f"{self.name}: connection lost: {error}") from None
 
     async def readexactly(self, n: int) -> bytes:
@@ -83,7 +83,7 @@ class _StreamPipe:
             return await self._reader.readexactly(n)
         except asyncio.IncompleteReadError:
             raise ConnectionLostError(f"{self.name}: output ended mid-frame") from None
-        except LOST_ERRORS as error:
+        except lost_errors() as error:
             raise ConnectionLostError(f"{self.name}: connection lost: {error}") from None
 
 
@@ -103,7 +103,7 @@ class LocalShell:
             yield _StreamPipe(self.name, proc.stdout, proc.stdin)
         finally:
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(*LOST_ERRORS, RuntimeError):
+                with contextlib.suppress(*lost_errors(), RuntimeError):
                     proc.stdin.close()
                 with anyio.move_on_after(5):
                     await proc.wait()
@@ -158,7 +158,7 @@ class SSHShell:
             try:
                 yield _StreamPipe(self.name, proc.stdout, proc.stdin)
             finally:
-                with contextlib.suppress(*LOST_ERRORS, OSError):
+                with contextlib.suppress(*lost_errors(), OSError):
                     proc.stdin.write_eof()
 
     async def stream(self, command: str, stdout: Sink, stderr: Sink,
@@ -168,7 +168,7 @@ class SSHShell:
         async def pump(reader: object, sink: Sink) -> None:
             try:
                 await _pump(reader, sink)
-            except LOST_ERRORS as error:  # surfaced once, below, not as an exception group
+            except lost_errors() as error:  # surfaced once, below, not as an exception group
                 lost.append(error)
 
         async with self.pool.process(_bash(command)) as proc:
@@ -179,7 +179,7 @@ class SSHShell:
                     if input:
                         proc.stdin.write(input)
                     proc.stdin.write_eof()
-                except LOST_ERRORS as error:
+                except lost_errors() as error:
                     lost.append(error)
             if lost:
                 raise ConnectionLostError(f"{self.name}: connection lost: {lost[0]}")

@@ -13,22 +13,41 @@ host shares its connection and an error names the hop that failed).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
-from typing import AsyncIterator
+import sys
+from typing import TYPE_CHECKING, AsyncIterator
 
 import anyio
-import asyncssh
 import attrs
 
-from liborchestra import ssh_config
 from liborchestra.errors import ConnectionLostError, HostKeyError, SSHError
-from liborchestra.ssh_config import HostConfig
+from liborchestra.lazy import LazyModule
+
+if TYPE_CHECKING:
+    from liborchestra.ssh_config import HostConfig
+
+asyncssh = LazyModule("asyncssh")  # a quarter second at start; local work never needs it
+ssh_config = LazyModule("liborchestra.ssh_config")  # builds on asyncssh's config reader
 
 log = logging.getLogger(__name__)
-LOST_ERRORS = (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
-         ConnectionResetError, EOFError)
+PIPE_ERRORS = (BrokenPipeError, ConnectionResetError, EOFError)  # a local pipe's
+
+
+def lost_errors() -> tuple[type[BaseException], ...]:
+    """What a dropped connection or pipe raises (`except lost_errors()`): a function, so that
+    asyncssh is imported only by work that uses it (before that, none of its errors can be
+    raised)."""
+    if "asyncssh" not in sys.modules:
+        return PIPE_ERRORS
+    return _ssh_lost_errors()
+
+
+@functools.lru_cache(maxsize=1)
+def _ssh_lost_errors() -> tuple[type[BaseException], ...]:
+    return (asyncssh.ConnectionLost, asyncssh.DisconnectError, *PIPE_ERRORS)
 _FAILURE_MEMORY = 5.0  # seconds during which waiters share a failed connect instead of retrying
 
 
@@ -261,7 +280,7 @@ class HostPool:
                     process = await conn.conn.create_process(command, encoding=None)
                 except asyncssh.ChannelOpenError:
                     refused = conn
-                except LOST_ERRORS as error:
+                except lost_errors() as error:
                     self._drop(conn)
                     raise ConnectionLostError(
                         f"{self.endpoint}: connection lost: {error}") from None
@@ -269,7 +288,7 @@ class HostPool:
                     self.stats.channels += 1
                     try:
                         yield process
-                    except LOST_ERRORS as error:
+                    except lost_errors() as error:
                         self._drop(conn)
                         raise ConnectionLostError(
                             f"{self.endpoint}: connection lost: {error}") from None
@@ -284,7 +303,7 @@ class HostPool:
         async with self.process(command) as proc:
             try:
                 stdout, stderr = await proc.communicate(input)
-            except LOST_ERRORS as error:
+            except lost_errors() as error:
                 raise ConnectionLostError(f"{self.endpoint}: connection lost: {error}") from None
             status = proc.exit_status
             if status is None:

@@ -39,7 +39,7 @@ import attrs
 
 from liborchestra.errors import ConnectionLostError, OrchestraError, SchedulerError, SSHError
 from liborchestra.schedulers.base import Allocation, Node, Scheduler
-from liborchestra.ssh import LOST_ERRORS, Endpoint, HostPool
+from liborchestra.ssh import Endpoint, HostPool, lost_errors
 
 log = logging.getLogger(__name__)
 KILL_GRACE = 1  # seconds between SIGTERM and SIGKILL of an abandoned remote script
@@ -160,7 +160,7 @@ class CustomScheduler(Scheduler):
                     tg.start_soon(_read, proc.stdout, run.out)
                     tg.start_soon(_read, proc.stderr, run.err)
                 await proc.wait_closed()
-            except LOST_ERRORS as error:
+            except lost_errors() as error:
                 raise ConnectionLostError(f"{run.host}: connection lost: {error}") from None
             run.status = proc.exit_status
         if run.status is None:
