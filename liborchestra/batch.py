@@ -93,9 +93,7 @@ class SweepSource(Source):
         if self.settings.post_command and folder.is_dir():
             status = await self._post(row, folder, result.ecode)
         metrics = read_metrics(folder) if folder.is_dir() else None
-        if self.journal is not None:
-            row = self.journal.get(row.seq)  # the history an attempt may have added
-        payload = dict(row.payload)
+        payload = dict(row.payload)  # `row` is read afresh by the driver, history and all
         if metrics is not None:
             payload.update(objective=metrics.objective, metrics=metrics.values)
         if status is not None:
