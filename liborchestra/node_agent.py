@@ -174,6 +174,8 @@ class Code:
                 os.utime(path, (mtime, mtime))
             else:
                 os.symlink(data, path)
+                if os.utime in os.supports_follow_symlinks:  # its own time (0), as GNU tar's
+                    os.utime(path, (mtime, mtime), follow_symlinks=False)
         for path, mode, mtime in reversed(folders):  # last, as files change their times
             os.chmod(path, mode)
             os.utime(path, (mtime, mtime))
