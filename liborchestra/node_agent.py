@@ -12,7 +12,7 @@ It keeps the run-folder contract of the shell wrapper: each run folder gets the 
 its channel dies, nothing is lost: the script runs on in its own session, and the driver
 reattaches to the run folder the way it always has. Files are few on purpose (creating one
 costs up to half a millisecond on some disks, and more on parallel filesystems): the code is
-written from memory, the wrapper gets its script as an argument, and what a run made is told
+written from memory, the wrapper reads its script from a pipe, and what a run made is told
 from the code by its time (the code's files date from 1970), not by a marker file.
 
 Protocol, both ways: frames of one JSON header line, then `size` raw bytes and a newline when
@@ -30,6 +30,7 @@ End of input ends the agent (its executions go on).
 from __future__ import annotations
 
 import base64
+import fcntl
 import fnmatch
 import json
 import os
@@ -45,7 +46,7 @@ INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writ
 _COPY = 1 << 20
 INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
 CODE_TIME = 1  # seconds since 1970: the code's files are older (0), what the run wrote newer
-RUNNER_ARGUMENT = 64 * 1024  # bytes: a longer wrapper script goes to a file (argv is bounded)
+RUNNER_PIPE = 60 * 1024  # bytes: a wrapper script this short is read from a pipe, not a file
 
 
 def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -> bool:
@@ -211,17 +212,51 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
                          if hasattr(signal, name))  # Python ignores them; scripts must not
 
 
-def _spawn(argv: list, run: str):
-    """The wrapper, detached in its own session: posix_spawn (a vfork, not a copy of this
-    process) where the platform has it, else subprocess. The wrapper changes folder itself;
-    the agent's own files are all close-on-exec. Its pid, and how to wait for it."""
-    if _NULL and hasattr(os, "posix_spawnp"):
-        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=_NULL, setsid=True,
-                              setsigdef=_DEFAULT_SIGNALS)
-        return pid, lambda: os.waitpid(pid, 0)
-    proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    return proc.pid, proc.wait
+def _pipe(size: int):
+    """A pipe whose buffer holds `size` bytes (a user past the kernel's pipe quota gets 4 KiB
+    pipes: writing more would wait for the wrapper, which reads on only as its script runs),
+    or None."""
+    if size > RUNNER_PIPE:
+        return None
+    read, write = os.pipe()
+    try:
+        capacity = fcntl.fcntl(write, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    except OSError:
+        capacity = 4096
+    if capacity >= size:
+        return read, write
+    os.close(read)
+    os.close(write)
+    return None
+
+
+def _spawn(runner: str, run: str, internal: str):
+    """The wrapper, detached in its own session: its pid, and how to wait for it.
+
+    posix_spawn (a vfork, not a copy of this process), the wrapper reading its script from a
+    pipe on fd 3 (it closes that first thing): no file to create, and unlike `bash -c` the
+    script (the profile's env values with it) is not on a command line every user of the
+    node can read. A file and subprocess where the script is long or the platform lacks
+    posix_spawn. The wrapper changes folder itself; the agent's own files are close-on-exec."""
+    data = b"exec 3<&-\n" + runner.encode()
+    pipe = _pipe(len(data)) if _NULL and hasattr(os, "posix_spawnp") else None
+    if pipe is None:
+        script = os.path.join(internal, "run.sh")
+        _write(script, runner)
+        proc = subprocess.Popen(["bash", script], cwd=run, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+        return proc.pid, proc.wait
+    read, write = pipe
+    try:
+        pid = os.posix_spawnp("bash", ["bash", "/dev/fd/3"], os.environ,
+                              file_actions=(*_NULL, (os.POSIX_SPAWN_DUP2, read, 3)),
+                              setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        os.write(write, data)  # fits the pipe's buffer: never waits for the wrapper
+    finally:
+        os.close(read)
+        os.close(write)
+    return pid, lambda: os.waitpid(pid, 0)
 
 
 class Agent:
@@ -270,12 +305,7 @@ class Agent:
         _extract(archive, run, self.codes)
         for name in ("stdout", "stderr"):
             _write(os.path.join(internal, name), "")
-        runner = order["runner"]
-        argv = ["bash", "-c", runner, "runaway-wrapper"]
-        if len(runner) > RUNNER_ARGUMENT:
-            _write(os.path.join(internal, "run.sh"), runner)
-            argv = ["bash", os.path.join(internal, "run.sh")]
-        pid, wait = _spawn(argv, run)
+        pid, wait = _spawn(order["runner"], run, internal)
         _write(os.path.join(internal, "pid"), f"{pid}\n")  # one small write: whole or empty
         return run, wait, pid
 

@@ -255,3 +255,26 @@ def test_scripts_get_sigpipe_at_its_default_as_in_a_terminal(tmp_path, agent):
     [folder] = [f for f in (tmp_path / "batch/p").iterdir() if f.is_dir()]
     assert (folder / "stdout").read_text() == "status 141\n"  # 128 + SIGPIPE
     assert (folder / "stderr").read_text() == ""
+
+
+@pytest.mark.parametrize("agent", [True, False])
+def test_the_profiles_env_is_not_on_a_command_line_and_no_stray_fd_reaches_the_script(
+        tmp_path, agent):
+    """Every user of a node can read every command line there: the wrapper's script (with
+    the profile's env values) must not be one. The pipe it is read from is closed before
+    the user's script starts."""
+    script = write_script(tmp_path / "code", "job.sh", (
+        "#!/usr/bin/env bash\n"
+        "if tr '\\0' ' ' < /proc/$PPID/cmdline | grep -q hunter2; then echo leaked; fi\n"
+        "for fd in 3 4 5 6 7 8 9; do [ -e /proc/$$/fd/$fd ] && echo \"fd $fd\"; done\n"
+        "echo \"$TOKEN\"\n"))
+    profile = write_profile(tmp_path / "profiles", "loc", {
+        "scheduler": {"kind": "local"}, "slots": 1, "directory": str(tmp_path / "remote"),
+        "agent": agent, "env": {"TOKEN": "hunter2"}})
+    done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(profile), str(script),
+                           "--name", "e", "-x", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [folder] = [f for f in (tmp_path / "batch/e").iterdir() if f.is_dir()]
+    out = (folder / "stdout").read_text()
+    assert out == "hunter2\n", out  # not leaked, no fd beyond 0-2 inherited
