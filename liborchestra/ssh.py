@@ -156,7 +156,7 @@ class HostPool:
 
     async def _open(self) -> asyncssh.SSHClientConnection:
         ep, options = self.endpoint, {"ignore_encrypted": True}
-        self._resolve()
+        found = self._resolve()
         if ep.port:
             options["port"] = ep.port
         if ep.user:
@@ -171,6 +171,8 @@ class HostPool:
             options["tunnel"] = await self._through(self.via)
         if ep.proxy_command:
             options["proxy_command"] = ep.proxy_command
+        if not found.ciphers:  # the user's `Ciphers` wins; else the cheapest first
+            options["encryption_algs"] = _ciphers()
         with anyio.fail_after(self.limits.connect_timeout * 2):
             return await asyncssh.connect(
                 ep.host, keepalive_interval=self.limits.keepalive, keepalive_count_max=3,
@@ -410,6 +412,18 @@ def _transient(error: BaseException) -> bool:
         return False
     return isinstance(error, (OSError, asyncssh.ConnectionLost, asyncssh.DisconnectError,
                               TimeoutError))
+
+
+@functools.lru_cache(maxsize=1)
+def _ciphers() -> list[str]:
+    """asyncssh's ciphers with AES-GCM first: asyncssh prefers ChaCha20 (right for OpenSSH's C
+    on machines without AES instructions), but in asyncssh it builds cipher objects for every
+    packet. A small frame each way took 408 us of CPU with ChaCha20 and 238 us with AES-GCM
+    (the bed's login, 3,000 round trips); a node agent sends about three per execution."""
+    from asyncssh.encryption import get_default_encryption_algs
+    default = [alg.decode() for alg in get_default_encryption_algs()]
+    first = [alg for alg in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if alg in default]
+    return first + [alg for alg in default if alg not in first]
 
 
 def _host_key_error(ep: Endpoint, found: HostConfig | None, who: str) -> HostKeyError:

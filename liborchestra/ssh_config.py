@@ -79,6 +79,7 @@ class HostConfig:
     identity_agent: str | None
     files: tuple[str, ...]  # the config files read (before Include)
     notes: tuple[str, ...] = ()  # one line per unsupported setting that applies to this host
+    ciphers: bool = False  # the config chooses the ciphers itself
 
 
 class _Reader(SSHClientConfig):
@@ -187,7 +188,8 @@ def resolve(host: str, port: int | None = None, user: str | None = None,
         user=get("User"), proxy_jump=get("ProxyJump"), proxy_command=get("ProxyCommand"),
         identity_files=tuple(get("IdentityFile") or ()),
         known_hosts=tuple(get("UserKnownHostsFile") or ()),
-        identity_agent=get("IdentityAgent"), files=tuple(str(f) for f in files), notes=notes)
+        identity_agent=get("IdentityAgent"), files=tuple(str(f) for f in files), notes=notes,
+        ciphers=bool(get("Ciphers")))
 
 
 def jump_hops(value: str) -> list[tuple[str | None, str, int | None]]:
