@@ -520,23 +520,3 @@ def test_two_hop_proxyjump_and_a_failure_in_the_middle(testbed, jump_port, home)
     assert str(error.value).startswith(
         "login-typo via tb-front (jump host for tb-node1): unreachable from tb-front: "), error
 
-
-def test_aes_gcm_is_chosen_unless_the_config_says_which_ciphers(testbed, home):
-    """asyncssh prefers ChaCha20, which costs it nearly twice the CPU per packet; the pool puts
-    AES-GCM first, but a `Ciphers` line of the user's config is obeyed."""
-    ssh_config(home, f"""\
-        Host tb-strict
-            HostName login
-            Ciphers aes256-ctr
-        Host *
-            User {testbed.user}
-            IdentityFile {testbed.key}
-            UserKnownHostsFile {testbed.known_hosts}
-        """)
-
-    async def main():
-        async with SSHPool() as pool:
-            return [(await pool.host(Endpoint(host=h)).tunnel()).get_extra_info("send_cipher")
-                    for h in ("login", "tb-strict")]
-
-    assert run(main()) == ["aes128-gcm@openssh.com", "aes256-ctr"]
