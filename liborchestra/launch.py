@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 REATTACH_ATTEMPTS = 3
 PID_WAIT_POLLS = 100  # tenths of a second a starting run gets to write its pid file
 _SETUP_FAILED = 96
+LONG_RUNNER = 64 * 1024  # bytes, quoted: a longer wrapper script goes on stdin, not in the command
 _CODE_MISSING = 95
 
 
@@ -149,16 +150,16 @@ class Launcher:
             if agent_sink is not None:
                 return self._store(shell, execution, agent_sink)
         sink = ResultSink()
-        start = self.start_command(slot, execution, archive)
+        start, runner = self.start_command(slot, execution, archive)
         errors: list[bytes] = []
         try:
             if execution.stream:
-                status = await self._stream(shell, execution, start)
+                status = await self._stream(shell, execution, start, runner)
                 if status not in (_SETUP_FAILED, _CODE_MISSING):
                     status = await shell.stream(pack, sink.write, errors.append)
             else:
                 status = await shell.stream(f"{start}\nwait $pid\n{pack}", sink.write,
-                                            errors.append)
+                                            errors.append, input=runner)
         except ConnectionLostError as error:
             self.emit(events.ConnectionProblem(shell.name, str(error)))
             sink = await self._reattach(shell, execution, pack)
@@ -189,7 +190,8 @@ class Launcher:
             self.emit(events.ConnectionProblem(shell.name, str(lost)))
             return await self._reattach(shell, execution, pack)
 
-    async def _stream(self, shell: Shell, execution: Execution, start: str) -> int:
+    async def _stream(self, shell: Shell, execution: Execution, start: str,
+                      runner: bytes | None) -> int:
         def out(data: bytes) -> None:
             self.emit(events.Output(execution.uuid, "stdout", data))
 
@@ -199,7 +201,7 @@ class Launcher:
         follow = (f"tail -s 0.05 -n +1 -f --pid=$pid {INTERNAL}/stdout & t1=$!; "
                   f"tail -s 0.05 -n +1 -f --pid=$pid {INTERNAL}/stderr >&2 & t2=$!; "
                   "wait $pid; wait $t1 $t2")
-        return await shell.stream(f"{start}\n{follow}", out, err)
+        return await shell.stream(f"{start}\n{follow}", out, err, input=runner)
 
     async def _reattach(self, shell: Shell, execution: Execution, pack: str) -> ResultSink:
         """After a lost connection: wait for the detached script to end, then fetch."""
@@ -227,19 +229,29 @@ class Launcher:
             return sink
         raise error or SSHError(f"{shell.name}: could not reattach to {execution.uuid}")
 
-    def start_command(self, slot: Slot, execution: Execution, archive: CodeArchive) -> str:
-        """Shell text that prepares the run folder and starts the script detached ($pid)."""
+    def start_command(self, slot: Slot, execution: Execution,
+                      archive: CodeArchive) -> tuple[str, bytes | None]:
+        """Shell text that prepares the run folder and starts the script detached ($pid), and
+        what to send on its standard input: the wrapper's script when it is long (within the
+        command, long arguments made the command longer than one argument may be, 128 KiB)."""
         root = remote_path(self.settings.root)
         runner = self.runner_script(slot, execution, archive)
+        given: bytes | None = None
+        quoted = shlex.quote(runner)
+        read, write = "", f"printf '%s' {quoted} > {INTERNAL}/run.sh"
+        if len(quoted.encode()) > LONG_RUNNER:
+            given = runner.encode()
+            read = 'runner=$(cat); '  # first: an early exit must not leave it unread
+            write = f"printf '%s\\n' \"$runner\" > {INTERNAL}/run.sh"
         return "\n".join([
-            f"[ -f {root}/code/{archive.name} ] || exit {_CODE_MISSING}",
+            f"{read}[ -f {root}/code/{archive.name} ] || exit {_CODE_MISSING}",
             f"mkdir -p {self.run_dir(execution)}/{INTERNAL} && cd {self.run_dir(execution)} "
             f"&& tar -xf {root}/code/{archive.name} || exit {_SETUP_FAILED}",
             f": > {INTERNAL}/stdout; : > {INTERNAL}/stderr",
-            f"printf '%s' {shlex.quote(runner)} > {INTERNAL}/run.sh",
+            write,
             f"setsid bash {INTERNAL}/run.sh < /dev/null > /dev/null 2>&1 &",
             f"pid=$!; echo $pid > {INTERNAL}/pid",
-        ])
+        ]), given
 
     def runner_script(self, slot: Slot, execution: Execution,
                       archive: CodeArchive | None = None, touch: bool = True) -> str:

@@ -4,6 +4,7 @@ keepalive allows. Each fault test asserts that every execution completed exactly
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -207,7 +208,7 @@ def test_code_archive_removed_mid_batch_is_sent_again(tmp_path, agent):
 def test_the_run_folder_holds_the_code_as_archived_and_every_file_the_run_made(tmp_path, agent):
     """The agent writes the code from memory (modes, links, nested folders as tar would), and
     what the run made is told from the code by time: a file the run wrote with an old date (a
-    dataset unpacked from a tarball) comes back too; the code does not. A 40 KB argument
+    dataset unpacked from a tarball) comes back too; the code does not. An 80 KB argument
     reaches the script verbatim (its wrapper script is too long for a command line)."""
     code = tmp_path / "code"
     script = write_script(code, "job.sh", (
@@ -224,7 +225,7 @@ def test_the_run_folder_holds_the_code_as_archived_and_every_file_the_run_made(t
     profile = write_profile(tmp_path / "profiles", "loc", {
         "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote"),
         "agent": agent})
-    size = 40000 if agent else 20000  # the agent's wrapper gets it in a file past 64 KB
+    size = 80000  # past 64 KB quoted: from the agent a file, from the wrapper's stdin
     long = "x$(y)" * (size // 5)  # shell syntax and all
     done = subprocess.run(
         [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", "c",
@@ -278,3 +279,19 @@ def test_the_profiles_env_is_not_on_a_command_line_and_no_stray_fd_reaches_the_s
     [folder] = [f for f in (tmp_path / "batch/e").iterdir() if f.is_dir()]
     out = (folder / "stdout").read_text()
     assert out == "hunter2\n", out  # not leaked, no fd beyond 0-2 inherited
+
+
+def test_a_long_argument_reaches_the_script_through_the_wrapper_over_ssh(testbed, tmp_path):
+    """Without the agent, over SSH: the wrapper's script (the argument twice in it) is sent on
+    the channel's stdin, as a command it was longer than the kernel takes in one argument."""
+    script = write_script(tmp_path / "code", "job.sh",
+                          "#!/usr/bin/env bash\nprintf '%s' \"$1\" | md5sum | cut -c1-32\n")
+    profile = _hosts(testbed, tmp_path, ("node1",), 1, agent=False)
+    long = "y$(z)" * 18000  # 90,000 bytes
+    done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(profile), str(script),
+                           "--name", "w", "--", long], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [folder] = [f for f in (tmp_path / "batch/w").iterdir() if f.is_dir()]
+    expected = hashlib.md5(long.encode()).hexdigest()
+    assert (folder / "stdout").read_text().strip() == expected
