@@ -23,6 +23,7 @@ from liborchestra import events
 from liborchestra.agent import AgentLost, Agents, Record
 from liborchestra.errors import CodeMissing, ConnectionLostError, LaunchError, SSHError
 from liborchestra.execution import TAIL, Execution, Result, State
+from liborchestra.node_agent import write_bytes
 from liborchestra.shell import Shell
 from liborchestra.slots import Slot
 from liborchestra.transfer import (
@@ -33,7 +34,6 @@ from liborchestra.transfer import (
     mark_output,
     pack_command,
     remote_path,
-    write_file,
 )
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Launcher:
         if execution.output is not None:
             folder = str(execution.output)
             for name in ("stdout", "stderr", "ecode"):
-                write_file(os.path.join(folder, name), record.get(name, b""))
+                write_bytes(os.path.join(folder, name), record.get(name, b""))
         self.discard(shell, execution)
         return record
 

@@ -4,7 +4,8 @@ of nine, and no SSH channel of its own.
 
 This file is shipped to the node as it is (cached there by content hash, like the code) and
 run with the node's `python3` (3.8 or newer), so it uses the standard library only and imports
-nothing from liborchestra. The driver imports it too, for the protocol and the ignore rules.
+nothing from liborchestra. The driver imports it too, for the protocol, the ignore rules
+and its file writer.
 
 It keeps the run-folder contract of the shell wrapper: each run folder gets the code and
 `.orchestra/{stdout,stderr,pid}`, and the wrapper (bash, in the script's own session) writes
@@ -164,14 +165,7 @@ class Code:
                 made.add(path)
                 folders.append((path, mode, mtime))
             elif kind == "f":
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fchmod(fd, mode)
-                finally:
-                    os.close(fd)
+                write_bytes(path, data, mode)
                 os.utime(path, (mtime, mtime))
             else:
                 os.symlink(data, path)
@@ -196,12 +190,23 @@ def _extract(archive: str, run: str, codes: dict) -> None:
             tar.extractall(run)
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
+    """Write a whole file with a few system calls (several per execution, on both sides:
+    layers above them cost more than the writing); `mode`, when given, exactly (no umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                 0o644 if mode is None else 0o600)
     try:
-        os.write(fd, text.encode())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if mode is not None:
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def _write(path: str, text: str) -> None:
+    write_bytes(path, text.encode())
 
 
 _NULL = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

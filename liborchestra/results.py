@@ -23,8 +23,8 @@ from typing import Iterable
 import attrs
 
 from liborchestra.journal import Journal, Row
+from liborchestra.node_agent import write_bytes
 from liborchestra.sched import find_features
-from liborchestra.transfer import write_file
 
 RECORD_FILE = "runaway.json"
 RESULTS_FILE = "results.json"
@@ -187,7 +187,7 @@ def write_record(folder: Path, data: dict) -> None:
     """Write `folder/runaway.json` atomically (a crash never leaves half a record)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = os.path.join(folder, f".{RECORD_FILE}.tmp")  # one writer per folder: the driver
-    write_file(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    write_bytes(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
     os.replace(tmp, os.path.join(folder, RECORD_FILE))
 
 

@@ -35,18 +35,6 @@ CODE_CACHE_KEEP = 5  # archives kept per remote filesystem (the most recently us
 CODE_IN_USE_GRACE = 600.0  # seconds: an archive used this recently may be in use; kept
 
 
-def write_file(path: str, data: bytes) -> None:
-    """Write a whole small file with three system calls (the driver writes several per
-    execution; pathlib's layers cost more than the writing)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
 def mark_output(folder: Path) -> bool:
     """Mark `folder` as results (never shipped as code), creating it; but never a folder that
     already holds files of the user's: those would silently vanish from the next code shipped.
