@@ -122,12 +122,12 @@ class SlotPool:
 
     async def acquire(self, duration: float | None = None) -> Slot:
         """Wait for a free slot whose allocation lasts long enough for `duration` seconds."""
-        waiter = _Waiter(duration)
         slot = self._pick(duration)  # a free slot now is one no waiter ahead fits: fair to take
         if slot is not None:
             return self._take(slot)
         if self._refused(duration):
             raise self._error  # type: ignore[misc]
+        waiter = _Waiter(duration)
         self._waiters.append(waiter)
         waiter.queued = True
         self.on_wait()

@@ -19,10 +19,16 @@ def _allocation(name: str, nodes: dict[str, int], ends_at: float | None = None) 
                                   for n, k in nodes.items()), ends_at=ends_at)
 
 
+async def _pool(nodes: dict[str, int]) -> SlotPool:
+    """A pool with one allocation, "a", of these nodes and slot counts."""
+    pool = SlotPool()
+    await pool.add(_allocation("a", nodes))
+    return pool
+
+
 def test_a_freed_slot_goes_to_the_first_waiter_alone():
     async def main():
-        pool = SlotPool()
-        await pool.add(_allocation("a", {"n1": 1}))
+        pool = await _pool({"n1": 1})
         held = await pool.acquire()
         order: list[int] = []
 
@@ -68,8 +74,7 @@ def test_work_too_long_for_a_slot_lets_shorter_work_behind_it_take_it():
 
 def test_slots_come_from_the_least_busy_node():
     async def main():
-        pool = SlotPool()
-        await pool.add(_allocation("a", {"n1": 3, "n2": 3}))
+        pool = await _pool({"n1": 3, "n2": 3})
         nodes = [(await pool.acquire()).node.name for _ in range(4)]
         assert sorted(nodes) == ["n1", "n1", "n2", "n2"]
     _run(main)
@@ -77,8 +82,7 @@ def test_slots_come_from_the_least_busy_node():
 
 def test_a_slot_handed_to_a_cancelled_waiter_goes_back():
     async def main():
-        pool = SlotPool()
-        await pool.add(_allocation("a", {"n1": 1}))
+        pool = await _pool({"n1": 1})
         held = await pool.acquire()
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
@@ -118,8 +122,7 @@ def test_a_refusal_fails_waiting_work_and_a_grant_lifts_it():
 
 def test_a_quarantined_node_gets_work_again_when_its_quarantine_ends():
     async def main():
-        pool = SlotPool()
-        await pool.add(_allocation("a", {"n1": 1}))
+        pool = await _pool({"n1": 1})
         await pool.quarantine("n1", 0.2)
         start = anyio.current_time()
         with anyio.fail_after(5):
@@ -130,8 +133,7 @@ def test_a_quarantined_node_gets_work_again_when_its_quarantine_ends():
 
 def test_a_withdrawn_allocation_hands_out_nothing_more():
     async def main():
-        pool = SlotPool()
-        await pool.add(_allocation("a", {"n1": 2}))
+        pool = await _pool({"n1": 2})
         slot = await pool.acquire()
         await pool.withdraw("a")
         await pool.release(slot)  # a busy slot of a withdrawn allocation is not taken back
