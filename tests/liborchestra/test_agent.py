@@ -281,6 +281,22 @@ def test_the_profiles_env_is_not_on_a_command_line_and_no_stray_fd_reaches_the_s
     assert out == "hunter2\n", out  # not leaked, no fd beyond 0-2 inherited
 
 
+def test_the_agents_wrapper_reads_its_script_from_memory_not_a_pipe(tmp_path):
+    """bash reads a script from a pipe one byte per system call; from a memfd (seekable) in
+    blocks. The user's script sees its parent, the wrapper, reading from the memfd."""
+    script = write_script(tmp_path / "code", "job.sh", (
+        "#!/usr/bin/env bash\n"
+        "for fd in /proc/$PPID/fd/*; do readlink \"$fd\"; done | grep -c '^/memfd:runaway'\n"))
+    profile = write_profile(tmp_path / "profiles", "loc", {
+        "scheduler": {"kind": "local"}, "slots": 1, "directory": str(tmp_path / "remote")})
+    done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(profile), str(script),
+                           "--name", "m", "-x", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [folder] = [f for f in (tmp_path / "batch/m").iterdir() if f.is_dir()]
+    assert (folder / "stdout").read_text() == "1\n"
+
+
 def test_a_long_argument_reaches_the_script_through_the_wrapper_over_ssh(testbed, tmp_path):
     """Without the agent, over SSH: the wrapper's script (the argument twice in it) is sent on
     the channel's stdin, as a command it was longer than the kernel takes in one argument."""
