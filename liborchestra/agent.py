@@ -84,6 +84,19 @@ class Agents:
                                                     self._tg)
         return await client.run(order)
 
+    def discard(self, shell: Shell, dirs: list[str]) -> bool:
+        """Hand finished run folders to `shell`'s agent (it keeps them to hold later runs);
+        False when no agent runs there now."""
+        client = self._clients.get(shell)
+        pipe = None if client is None else client.pipe
+        if pipe is None:
+            return False
+        try:
+            pipe.write(json.dumps({"op": "discard", "dirs": dirs}).encode() + b"\n")
+        except ConnectionLostError:
+            return False
+        return True
+
 
 class _Client:
     def __init__(self, shell: Shell, root: str, python: str,

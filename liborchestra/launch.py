@@ -86,7 +86,7 @@ class Launcher:
         return prepared
 
     def run_dir(self, execution: Execution) -> str:
-        return f"{remote_path(self.settings.root)}/runs/{shlex.quote(execution.uuid)}"
+        return _run_dir(self.settings.root, execution.uuid)
 
     async def run(self, shell: Shell, slot: Slot, execution: Execution,
                   archive: CodeArchive) -> Result:
@@ -210,7 +210,7 @@ class Launcher:
         # first, and outlives the driver that sent it): wait for the pid a while before
         # deciding that the script never started.
         wait = (f"cd {run} || exit 97; n=0; while [ ! -s {INTERNAL}/pid ] && "
-                f"[ ! -e {INTERNAL}/ecode ] && [ $n -lt {PID_WAIT_POLLS} ]; do "
+                f"[ ! -s {INTERNAL}/ecode ] && [ $n -lt {PID_WAIT_POLLS} ]; do "
                 "sleep 0.1; n=$((n + 1)); done; "
                 f"pid=$(cat {INTERNAL}/pid 2>/dev/null); "
                 f"while [ ! -s {INTERNAL}/ecode ] && [ -n \"$pid\" ] && kill -0 \"$pid\" "
@@ -315,17 +315,28 @@ class Launcher:
         """Queue the run folder for removal (unless leave=everything); `sweep` removes them
         in batches, one command per host rather than one per execution."""
         if self.settings.leave != "everything":
-            self._trash.setdefault(shell, []).append(self.run_dir(execution))
+            self._trash.setdefault(shell, []).append(execution.uuid)
 
     async def sweep(self) -> None:
-        """Remove the queued run folders now."""
+        """Remove the queued run folders now: through the node's agent when it runs (it keeps
+        them to hold later runs), else with `rm`."""
         trash, self._trash = self._trash, {}
-        for shell, folders in trash.items():
+        root = self.settings.root
+        for shell, runs in trash.items():
+            if self.agents is not None and self.agents.discard(
+                    shell, [f"{root}/runs/{run}" for run in runs]):
+                continue
+            folders = [_run_dir(root, run) for run in runs]
             for start in range(0, len(folders), 200):
                 try:
                     await shell.run("rm -rf " + " ".join(folders[start:start + 200]))
                 except SSHError as error:
                     log.warning("could not remove run folders on %s: %s", shell.name, error)
+
+
+def _run_dir(root: str, run: str) -> str:
+    """A run folder's path in shell syntax (the agent takes `<root>/runs/<run>` as it is)."""
+    return f"{remote_path(root)}/runs/{shlex.quote(run)}"
 
 
 @attrs.frozen

@@ -18,7 +18,8 @@ from the code by its time (the code's files date from 1970), not by a marker fil
 
 Protocol, both ways: frames of one JSON header line, then `size` raw bytes and a newline when
 size > 0 (the newline because `srun` holds a partial line back until one comes).
-  driver -> agent  {"op": "run", "id", "dir", "archive", "runner", "ignore": [patterns]}
+  driver -> agent  {"op": "run", "id", "dir", "archive", "runner", "ignore": [patterns]};
+                   {"op": "discard", "dirs": [run folders whose results the driver holds]}
   agent -> driver  {"op": "hello", "protocol", "python"} once at start;
                    {"op": "started", "id", "pid"};
                    {"op": "failed", "id", "message", "code_missing": bool};
@@ -35,19 +36,24 @@ import fcntl
 import fnmatch
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 
-PROTOCOL = 2
+PROTOCOL = 3
 INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
 _COPY = 1 << 20
 INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
 CODE_TIME = 1  # seconds since 1970: the code's files are older (0), what the run wrote newer
 RUNNER_PIPE = 60 * 1024  # bytes: a wrapper script this short is read from a pipe, not a file
+SPARES = 256  # finished run folders one agent keeps to hold later runs, at most
+SPARE_BYTES = 256 << 20  # bytes of code in them, at most
+RECORDS = ("pid", "ecode", "node", "digest")  # emptied in a spare folder; stdout, stderr too
 
 
 def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -> bool:
@@ -133,6 +139,8 @@ class Code:
 
     def __init__(self, members: list) -> None:
         self.members = members
+        self.size = sum(len(data) for _, kind, _, data, _ in members if kind == "f")
+        self.kinds = {os.path.normpath(name): kind for name, kind, *_ in members}
 
     @classmethod
     def read(cls, path: str):
@@ -176,10 +184,107 @@ class Code:
             os.utime(path, (mtime, mtime))
 
 
-def _extract(archive: str, run: str, codes: dict) -> None:
-    code = codes.get(archive, False)
-    if code is False:
-        code = codes[archive] = Code.read(archive)
+class Spares:
+    """Finished run folders, moved aside to hold later runs instead of being removed.
+
+    Removing a run folder and making the next one frees and takes about nine inodes per
+    execution. Where a freed inode is slow to take again (ext4 without a journal skips every
+    inode freed in the last minute, one block lookup each: on the test machine that was 45%
+    of all CPU in a batch of `true`), and on parallel filesystems where each is a metadata
+    request, that costs more than a short execution. A folder is kept only when nothing of
+    its run is left running (its process group is gone), so a straggler cannot write into
+    a later run; what a run made is removed when the folder is taken again."""
+
+    def __init__(self) -> None:
+        self.folder = ""
+        self.free: list = []  # (path, bytes of code in it)
+        self.made = 0
+        self.bytes = 0
+
+    def keep(self, run: str, size: int) -> bool:
+        """Move `run` aside; False when the spares are full (then it is removed)."""
+        if len(self.free) >= SPARES or self.bytes + size > SPARE_BYTES:
+            return False
+        if not self.folder:
+            root = os.path.dirname(os.path.dirname(run))  # run folders are <root>/runs/<id>
+            self.folder = os.path.join(root, "spare", f"{socket.gethostname()}-{os.getpid()}")
+            _remove_stale_spares(os.path.dirname(self.folder))
+            os.makedirs(self.folder, exist_ok=True)
+        spare = os.path.join(self.folder, str(self.made))
+        self.made += 1
+        os.rename(run, spare)
+        self.free.append((spare, size))
+        self.bytes += size
+        return True
+
+    def take(self, run: str, code: Code) -> bool:
+        """Move a spare folder to `run`, emptied of all that `code` does not rewrite in place
+        (its files and folders: the same inodes); False when there is none."""
+        while self.free:
+            spare, size = self.free.pop()
+            self.bytes -= size
+            try:
+                _clear(spare, code.kinds, "")
+                os.rename(spare, run)
+                return True
+            except OSError:
+                shutil.rmtree(spare, ignore_errors=True)
+        return False
+
+    def close(self) -> None:
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _clear(folder: str, kinds: dict, rel: str) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name if not rel else rel + "/" + entry.name
+            if name == INTERNAL:
+                for record in os.scandir(entry.path):
+                    if record.name in RECORDS:
+                        write_bytes(record.path, b"")  # readers wait for them non-empty
+                    elif record.name not in ("stdout", "stderr"):  # rewritten at start
+                        _remove(record)
+                continue
+            kind = kinds.get(name)
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if entry.is_dir(follow_symlinks=False):
+                if kind == "d" and mode & 0o700 == 0o700:
+                    _clear(entry.path, kinds, name)
+                else:
+                    shutil.rmtree(entry.path)
+            elif kind != "f" or not entry.is_file(follow_symlinks=False) or not mode & 0o200:
+                os.unlink(entry.path)
+
+
+def _remove(entry) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path)
+    else:
+        os.unlink(entry.path)
+
+
+def _remove_stale_spares(folder: str) -> None:
+    """The spare folders of this host's agents that are gone (killed: no chance to clean)."""
+    host = socket.gethostname()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        owner, _, pid = name.rpartition("-")
+        if owner != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        except OSError:
+            pass  # alive, another user's
+
+
+def _extract(archive: str, run: str, code) -> None:
     if code is not None:
         code.write(run)
         return
@@ -287,6 +392,9 @@ class Agent:
         self.out = out
         self.lock = threading.Lock()
         self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
+        self.spares = Spares()
+        self.ended: dict = {}  # run folder -> bytes of code, for runs wholly gone
+        self.removals: list = []  # threads removing run folders
 
     def send(self, header: dict, payload=None, size: int = 0) -> None:
         header = dict(header, size=size)
@@ -305,35 +413,47 @@ class Agent:
     def run(self, order: dict) -> None:
         ident = order["id"]
         try:
-            run, wait, pid = self.start(order)
+            run, wait, pid, size = self.start(order)
         except Exception as error:  # one execution's setup failed: say so, serve the others
             self.send({"op": "failed", "id": ident, "message": str(error),
                        "code_missing": isinstance(error, CodeMissing)})
             return
         self.send({"op": "started", "id": ident, "pid": pid})
-        threading.Thread(target=self.finish, args=(ident, run, wait, order.get("ignore", [])),
-                         daemon=True).start()
+        threading.Thread(target=self.finish, daemon=True,
+                         args=(ident, run, wait, pid, size, order.get("ignore", []))).start()
 
     def start(self, order: dict):
         """Run folder, code, record files and the detached wrapper, as the shell wrapper does:
-        the run folder, a way to wait for the end, and the pid of the session's leader."""
+        the run folder, a way to wait for the end, the pid of the session's leader, and the
+        bytes of code in the folder (None: not to be reused)."""
         run = _expand(order["dir"])
         internal = os.path.join(run, INTERNAL)
-        os.makedirs(internal, exist_ok=True)
         archive = _expand(order["archive"])
         try:
             os.utime(archive)  # used now: the code cache keeps the most recently used archives
         except FileNotFoundError:
             raise CodeMissing(f"no code archive {archive}") from None
-        _extract(archive, run, self.codes)
+        code = self.codes.get(archive, False)
+        if code is False:
+            code = self.codes[archive] = Code.read(archive)
+        if code is None or not self.spares.take(run, code):
+            os.makedirs(internal, exist_ok=True)
+        _extract(archive, run, code)
         for name in ("stdout", "stderr"):
             _write(os.path.join(internal, name), "")
         pid, wait = _spawn(order["runner"], run, internal)
         _write(os.path.join(internal, "pid"), f"{pid}\n")  # one small write: whole or empty
-        return run, wait, pid
+        return run, wait, pid, None if code is None else code.size
 
-    def finish(self, ident: str, run: str, wait, patterns: list[str]) -> None:
+    def finish(self, ident: str, run: str, wait, pid: int, size, patterns: list[str]) -> None:
         wait()
+        try:
+            os.killpg(pid, 0)  # something of the run still runs: its folder is not reused
+        except ProcessLookupError:
+            if size is not None:
+                self.ended[run] = size
+        except OSError:
+            pass
         try:
             files = result_files(run, patterns)
             record = _small_record(run, files)
@@ -352,6 +472,36 @@ class Agent:
         except Exception as error:
             self.send({"op": "failed", "id": ident, "message": f"packing results: {error}"})
 
+    def discard(self, dirs: list) -> None:
+        """The driver holds these runs' results: keep their folders as spares, or remove
+        them (in a thread: a big one must not hold up the next orders)."""
+        gone = []
+        for folder in dirs:
+            run = _expand(folder)
+            size = self.ended.pop(run, None)
+            try:
+                if size is not None and self.spares.keep(run, size):
+                    continue
+            except OSError:
+                pass
+            gone.append(run)
+        if gone:
+            self.removals = [t for t in self.removals if t.is_alive()]
+            thread = threading.Thread(target=_remove_all, args=(gone,), daemon=True)
+            thread.start()
+            self.removals.append(thread)
+
+    def close(self) -> None:
+        """At the end of input: finish the removals and remove the spares."""
+        for thread in self.removals:
+            thread.join()
+        self.spares.close()
+
+
+def _remove_all(folders: list) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 def main() -> None:
     out = sys.stdout.buffer
@@ -362,6 +512,9 @@ def main() -> None:
         order = json.loads(line)
         if order.get("op") == "run":
             agent.run(order)
+        elif order.get("op") == "discard":
+            agent.discard(order.get("dirs", []))
+    agent.close()
     os._exit(0)  # end of input: the driver closed the channel; executions run on detached
 
 

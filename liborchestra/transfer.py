@@ -286,7 +286,7 @@ class CodeCache:
 _PRUNE = r"""cd @ROOT@/code 2>/dev/null || exit 0
 now=$(date +%s)
 inuse=$(for d in ../runs/*/@INTERNAL@; do
-  [ -d "$d" ] && [ ! -e "$d/ecode" ] && cat "$d/digest" 2>/dev/null; done)
+  [ -d "$d" ] && [ ! -s "$d/ecode" ] && cat "$d/digest" 2>/dev/null; done)
 n=0
 for f in $(ls -t -- *.tar 2>/dev/null) .*.tar.*; do
   [ -f "$f" ] || continue

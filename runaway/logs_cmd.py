@@ -189,7 +189,7 @@ async def _copy(shell: Shell, run: str, name: str, out, follow: bool) -> bool:
     polls = int(PID_WAIT / 0.1)
     if follow:
         command = (f"cd {run} 2>/dev/null || {{ echo '{_GONE}'; exit 0; }}; n=0; "
-                   f"while [ ! -s {INTERNAL}/pid ] && [ ! -e {INTERNAL}/ecode ] && "
+                   f"while [ ! -s {INTERNAL}/pid ] && [ ! -s {INTERNAL}/ecode ] && "
                    f"[ $n -lt {polls} ]; do sleep 0.1; n=$((n + 1)); done; "
                    f"pid=$(cat {INTERNAL}/pid 2>/dev/null); exec 3<&0; "
                    f"tail -s 0.2 -n +1 -f ${{pid:+--pid=$pid}} {path} & t=$!; "

@@ -1,0 +1,65 @@
+"""Spare run folders: the node agent keeps finished run folders to hold later runs instead of
+removing them (node_agent.Spares). A later run must find the code exactly as shipped and
+nothing of an earlier run; a folder whose run left a process behind is never reused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import local_profile, write_script
+
+
+def _batch(tmp: Path, script: Path, name: str, n: int, slots: int = 1) -> list[Path]:
+    profile = local_profile(tmp, slots=slots)
+    done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(profile), str(script),
+                           "--name", name, "--", "{" + ";".join(map(str, range(n))) + "}"],
+                          cwd=tmp, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folders = [f for f in (tmp / "batch" / name).iterdir() if f.is_dir()]
+    assert len(folders) == n
+    return folders
+
+
+def test_a_reused_run_folder_holds_the_code_as_shipped_and_nothing_of_the_run_before(tmp_path):
+    code = tmp_path / "code"
+    (code / "data").mkdir(parents=True)
+    (code / "data" / "table.txt").write_text("pristine\n")
+    script = write_script(code, "job.sh", """\
+        #!/usr/bin/env bash
+        ls -A | sort | tr '\\n' ' '; echo
+        stat -c %i . .orchestra/stdout > inodes
+        cat data/table.txt
+        mkdir -p res; echo "$1" > res/value; echo "$1" > .hidden
+        echo changed >> data/table.txt; chmod a-w data/table.txt; chmod 500 data
+        sleep 0.3
+        """)
+    folders = _batch(tmp_path, script, "reuse", 9)
+    inodes = set()
+    for folder in folders:
+        lines = (folder / "stdout").read_text().splitlines()
+        assert lines == [".orchestra data job.sh ", "pristine"], (folder, lines)  # the code, only
+        arg = (folder / "res" / "value").read_text()
+        assert (folder / ".hidden").read_text() == arg
+        assert (folder / "data" / "table.txt").read_text() == "pristine\nchanged\n"
+        inodes.add((folder / "inodes").read_text())
+    # runs after the first removals (once a second) took the folders of earlier ones
+    assert len(inodes) < len(folders), inodes
+    assert not (tmp_path / "remote" / "spare").exists() or \
+        list((tmp_path / "remote" / "spare").iterdir()) == []  # the agent removed its spares
+
+
+def test_a_folder_whose_run_left_a_process_behind_is_not_reused(tmp_path):
+    script = write_script(tmp_path / "code", "job.sh", """\
+        #!/usr/bin/env bash
+        if [ "$1" = 0 ]; then
+          (for i in $(seq 40); do echo late >> straggler.txt; sleep 0.1; done) &
+        fi
+        sleep 0.3
+        [ -e straggler.txt ] && [ "$1" != 0 ] && echo "polluted by a straggler"
+        true
+        """)
+    folders = _batch(tmp_path, script, "straggler", 12)
+    polluted = [f.name for f in folders if "polluted" in (f / "stdout").read_text()]
+    assert polluted == []
