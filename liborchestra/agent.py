@@ -20,7 +20,7 @@ from typing import Callable
 
 import anyio
 
-from liborchestra import events, node_agent
+from liborchestra import events, node_agent, node_keeper, node_spares
 from liborchestra.errors import (
     CodeMissing,
     ConnectionLostError,
@@ -32,8 +32,10 @@ from liborchestra.shell import Pipe, Shell
 from liborchestra.transfer import ResultSink, remote_path
 
 log = logging.getLogger(__name__)
-SOURCE = Path(node_agent.__file__).read_bytes()
-DIGEST = hashlib.sha256(SOURCE).hexdigest()
+SOURCES = {Path(module.__file__).name: Path(module.__file__).read_bytes()
+           for module in (node_agent, node_keeper, node_spares)}  # shipped as one folder
+DIGEST = hashlib.sha256(b"".join(name.encode() + b"\0" + source + b"\0"
+                                 for name, source in SOURCES.items())).hexdigest()
 DEATHS = 3  # an agent that dies this often within DEATH_WINDOW seconds is given up on
 DEATH_WINDOW = 60.0
 START_TIMEOUT = 60.0
@@ -73,10 +75,12 @@ class Agents:
             self._serving.set()
             await anyio.sleep_forever()
 
-    async def run(self, shell: Shell, order: dict) -> ResultSink | Record | None:
+    async def run(self, shell: Shell,
+                  order: Callable[[bool], dict]) -> ResultSink | Record | None:
         """Run one execution through `shell`'s agent: its results, or None when this node
-        has no agent (use the shell wrapper). Raises AgentLost, or LaunchError for a run
-        folder the agent could not prepare."""
+        has no agent (use the shell wrapper). `order(direct)` makes the order: `direct` when
+        the agent runs the script itself, without a wrapper. Raises AgentLost, or
+        LaunchError for a run folder the agent could not prepare."""
         await self._serving.wait()
         client = self._clients.get(shell)
         if client is None:
@@ -109,11 +113,13 @@ class _Client:
         self._pending: dict[str, asyncio.Future[ResultSink | Record]] = {}
         self._deaths: list[float] = []
         self._unreachable: SSHError | None = None  # why the last start could not reach the node
+        self.direct = False  # the agent runs scripts without a wrapper
 
-    async def run(self, order: dict) -> ResultSink | Record | None:
+    async def run(self, build: Callable[[bool], dict]) -> ResultSink | Record | None:
         pipe = await self._up()
         if pipe is None:
             return None
+        order = build(self.direct)
         future: asyncio.Future[ResultSink | Record] = asyncio.get_running_loop().create_future()
         self._pending[order["id"]] = future
         try:
@@ -148,7 +154,7 @@ class _Client:
             async with self.shell.open(f"exec {self.python} -u {path}") as pipe:
                 with anyio.fail_after(START_TIMEOUT):
                     hello = await _hello(pipe)
-                self.pipe = pipe
+                self.pipe, self.direct = pipe, bool(hello.get("direct"))
                 self.emit(events.AgentStarted(self.shell.name, str(hello.get("python")),
                                               int(hello.get("pid", 0))))
                 started.set()
@@ -187,25 +193,25 @@ class _Client:
         self.emit(events.AgentUnavailable(self.shell.name, reason))
 
     async def _install(self) -> str | None:
-        """The agent's path on the node, uploaded once per content hash; None (and the
-        reason, said once) when the node's python3 cannot run it."""
-        folder = f"{remote_path(self.root)}/agent"
-        path = f"{folder}/{DIGEST}.py"
+        """The agent's path on the node, uploaded (with its siblings) once per content hash;
+        None (and the reason, said once) when the node's python3 cannot run it."""
+        folder = f"{remote_path(self.root)}/agent/{DIGEST}"
+        paths = {f"{folder}/{name}": source for name, source in SOURCES.items()}
         probe = await self.shell.run(
             f"command -v {self.python} >/dev/null 2>&1 || exit {_NO_PYTHON}; "
             f"{self.python} -c 'import sys; sys.exit(sys.version_info < (3, 8))' "
-            f"|| exit {_OLD_PYTHON}; test -s {path}")
+            f"|| exit {_OLD_PYTHON}; " + " && ".join(f"test -s {path}" for path in paths))
         if probe.returncode in (_NO_PYTHON, _OLD_PYTHON):
             self._give_up(f"no {self.python} on the node" if probe.returncode == _NO_PYTHON
                           else f"the node's {self.python} is older than 3.8")
             return None
-        if probe.returncode != 0:
+        for path, source in paths.items() if probe.returncode != 0 else ():
             done = await self.shell.run(f"set -e; mkdir -p {folder}; cat > {path}.$$; "
-                                        f"mv -f {path}.$$ {path}", input=SOURCE)
+                                        f"mv -f {path}.$$ {path}", input=source)
             if done.returncode != 0:
                 raise LaunchError(f"could not install the node agent under {self.root}/agent: "
                                   f"{done.stderr.decode(errors='replace').strip()}")
-        return path
+        return f"{folder}/node_agent.py"
 
     async def _read(self, pipe: Pipe) -> None:
         while True:
@@ -232,6 +238,8 @@ class _Client:
                                           for k, v in frame["record"].items()}))
             elif sink is not None:
                 future.set_result(sink)
+            elif frame.get("op") == "lost":
+                future.set_exception(AgentLost(f"{self.shell.name}: {frame.get('message', '')}"))
             elif frame.get("op") == "failed" and frame.get("code_missing"):
                 future.set_exception(CodeMissing(
                     f"{self.shell.name}: the code archive is gone ({frame.get('message', '')})"

@@ -180,10 +180,20 @@ class Launcher:
         agent. When the agent dies meanwhile, reattach to the run folder like after any lost
         connection."""
         root = self.settings.root
-        order = {"op": "run", "id": execution.uuid, "dir": f"{root}/runs/{execution.uuid}",
-                 "archive": f"{root}/code/{archive.name}",
-                 "runner": self.runner_script(slot, execution, archive, touch=False),
-                 "ignore": list(rules.patterns)}
+        base = {"op": "run", "id": execution.uuid, "dir": f"{root}/runs/{execution.uuid}",
+                "archive": f"{root}/code/{archive.name}", "ignore": list(rules.patterns)}
+
+        def order(direct: bool) -> dict:
+            if not direct or self.settings.setup or self.settings.execution:
+                return dict(base, runner=self.runner_script(slot, execution, archive,
+                                                            touch=False))
+            prepared = self._prepared(execution)
+            if isinstance(prepared.runner, LaunchError):
+                raise prepared.runner
+            return dict(base, argv=[*prepared.runner, "./" + prepared.script, *execution.args],
+                        env=self._environment(slot, execution), root=root,
+                        script=prepared.script, node=slot.node.name, digest=archive.digest)
+
         try:
             return await self.agents.run(shell, order)
         except AgentLost as lost:
@@ -265,21 +275,10 @@ class Launcher:
         script = prepared.script
         if isinstance(prepared.runner, LaunchError):
             raise prepared.runner
-        env = [
-            ("RUNAWAY_UUID", shlex.quote(execution.uuid)),
-            ("RUNAWAY_REMOTE", shlex.quote(s.profile)),
-            ("RUNAWAY_PATH", remote_path(s.root)),
-            ("RUNAWAY_NODES", shlex.quote(" ".join(n.name for n in slot.allocation.nodes))),
-            ("RUNAWAY_NODE_ID", shlex.quote(slot.node.name)),
-            ("RUNAWAY_HANDLES", shlex.quote(" ".join(slot.node.handles))),
-            ("RUNAWAY_HANDLE_ID", shlex.quote(slot.handle)),
-            ("RUNAWAY_ARGUMENTS", shlex.quote(execution.arguments)),
-            ("RUNAWAY_SCRIPT_PATH", f"{run}/{shlex.quote(script)}"),
-            ("RUNAWAY_PWD", run),
-        ]
-        if slot.node.gpus:
-            env.append(("CUDA_VISIBLE_DEVICES", shlex.quote(slot.handle)))
-        env += [(k, shlex.quote(v)) for k, v in (*s.env, *execution.env)]
+        paths = {"RUNAWAY_PATH": remote_path(s.root), "RUNAWAY_SCRIPT_PATH":
+                 f"{run}/{shlex.quote(script)}", "RUNAWAY_PWD": run}
+        env = [(k, paths[k] if v is None else shlex.quote(v))
+               for k, v in self._environment(slot, execution)]
         command = " ".join([*map(shlex.quote, prepared.runner), shlex.quote("./" + script),
                             *map(shlex.quote, execution.args)])
         if s.execution:
@@ -296,6 +295,25 @@ class Launcher:
             command,
             f"echo $? > {INTERNAL}/ecode",  # one write: readers wait for it to be non-empty
         ]) + "\n"
+
+    def _environment(self, slot: Slot, execution: Execution) -> list[tuple[str, str | None]]:
+        """The script's environment, in order (later ones win); None for the paths, which
+        the node knows (`~` is its $HOME)."""
+        env: list[tuple[str, str | None]] = [
+            ("RUNAWAY_UUID", execution.uuid),
+            ("RUNAWAY_REMOTE", self.settings.profile),
+            ("RUNAWAY_PATH", None),
+            ("RUNAWAY_NODES", " ".join(n.name for n in slot.allocation.nodes)),
+            ("RUNAWAY_NODE_ID", slot.node.name),
+            ("RUNAWAY_HANDLES", " ".join(slot.node.handles)),
+            ("RUNAWAY_HANDLE_ID", slot.handle),
+            ("RUNAWAY_ARGUMENTS", execution.arguments),
+            ("RUNAWAY_SCRIPT_PATH", None),
+            ("RUNAWAY_PWD", None),
+        ]
+        if slot.node.gpus:
+            env.append(("CUDA_VISIBLE_DEVICES", slot.handle))
+        return env + [*self.settings.env, *execution.env]
 
     async def kill(self, shell: Shell, execution: Execution) -> None:
         """Kill the script's process group: SIGTERM, then SIGKILL after a grace period."""

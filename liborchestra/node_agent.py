@@ -1,28 +1,34 @@
-"""The node agent: one process per node and engine that starts executions and packs their
-results, so an execution costs two processes on the node (its wrapper and the script) instead
-of nine, and no SSH channel of its own.
+"""The node agent: one process per node and engine that prepares run folders, has its keeper
+(node_keeper.py) start the scripts, and packs their results, so an execution costs one process
+on the node (the script itself) instead of nine, and no SSH channel of its own.
 
-This file is shipped to the node as it is (cached there by content hash, like the code) and
-run with the node's `python3` (3.8 or newer), so it uses the standard library only and imports
-nothing from liborchestra. The driver imports it too, for the protocol, the ignore rules
-and its file writer.
+This file is shipped to the node as it is, with node_keeper.py and node_spares.py (into one
+folder per content hash, like the code), and run with the node's `python3` (3.8 or newer): the
+standard library only, and nothing from liborchestra but those siblings. The driver imports it
+too, for the protocol, the ignore rules and its file writer.
 
 It keeps the run-folder contract of the shell wrapper: each run folder gets the code and
-`.orchestra/{stdout,stderr,pid}`, and the wrapper (bash, in the script's own session) writes
-`.orchestra/{node,digest}` and, when the script ends, `.orchestra/ecode`. So when the agent or
-its channel dies, nothing is lost: the script runs on in its own session, and the driver
-reattaches to the run folder the way it always has. Files are few on purpose (creating one
-costs up to half a millisecond on some disks, and more on parallel filesystems): the code is
-written from memory, the wrapper reads its script from memory, and what a run made is told
-from the code by its time (the code's files date from 1970), not by a marker file.
+`.orchestra/{stdout,stderr,node,digest,pid}`, and `.orchestra/ecode` when the script ends,
+written by the keeper (or by the bash wrapper, for profiles with setup lines; and where the
+node is not Linux, the agent starts that wrapper itself). So when the agent or its channel
+dies, nothing is lost: the script runs on in its own session, its keeper writes its exit code,
+and the driver reattaches to the run folder the way it always has. Files are few on purpose
+(creating one costs up to half a millisecond on some disks, and more on parallel
+filesystems): the code is written from memory, finished run folders are reused
+(node_spares.py), and what a run made is told from the code by its time (the code's files date
+from 1970), not by a marker file.
 
 Protocol, both ways: frames of one JSON header line, then `size` raw bytes and a newline when
 size > 0 (the newline because `srun` holds a partial line back until one comes).
-  driver -> agent  {"op": "run", "id", "dir", "archive", "runner", "ignore": [patterns]};
+  driver -> agent  {"op": "run", "id", "dir", "archive", "ignore": [patterns], and either
+                   "runner" (the wrapper script) or, when the agent said `direct`, "argv",
+                   "env" ([name, value], value null for the paths the agent knows), "root",
+                   "script", "node", "digest": run argv itself, no wrapper};
                    {"op": "discard", "dirs": [run folders whose results the driver holds]}
-  agent -> driver  {"op": "hello", "protocol", "python"} once at start;
+  agent -> driver  {"op": "hello", "protocol", "python", "pid", "direct"} once at start;
                    {"op": "started", "id", "pid"};
                    {"op": "failed", "id", "message", "code_missing": bool};
+                   {"op": "lost", "id", "message"}: its keeper died, the driver reattaches;
                    {"op": "done", "id", "size"} followed by a tar of the results, or
                    {"op": "done", "id", "record": {name: base64}} when there are only the
                    run's small stdout, stderr and ecode
@@ -38,22 +44,26 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 
-PROTOCOL = 3
+if __package__:  # imported by the driver
+    from liborchestra.node_keeper import Handle as KeeperHandle
+    from liborchestra.node_spares import Spares
+else:  # run on a node, from the folder it was shipped in with its siblings
+    sys.dont_write_bytecode = True  # nothing written next to them
+    from node_keeper import Handle as KeeperHandle
+    from node_spares import Spares
+
+PROTOCOL = 4
 INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
 _COPY = 1 << 20
 INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
 CODE_TIME = 1  # seconds since 1970: the code's files are older (0), what the run wrote newer
 RUNNER_PIPE = 60 * 1024  # bytes: a wrapper script this short is read from a pipe, not a file
-SPARES = 256  # finished run folders one agent keeps to hold later runs, at most
-SPARE_BYTES = 256 << 20  # bytes of code in them, at most
-RECORDS = ("pid", "ecode", "node", "digest")  # emptied in a spare folder; stdout, stderr too
 
 
 def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -> bool:
@@ -184,106 +194,6 @@ class Code:
             os.utime(path, (mtime, mtime))
 
 
-class Spares:
-    """Finished run folders, moved aside to hold later runs instead of being removed.
-
-    Removing a run folder and making the next one frees and takes about nine inodes per
-    execution. Where a freed inode is slow to take again (ext4 without a journal skips every
-    inode freed in the last minute, one block lookup each: on the test machine that was 45%
-    of all CPU in a batch of `true`), and on parallel filesystems where each is a metadata
-    request, that costs more than a short execution. A folder is kept only when nothing of
-    its run is left running (its process group is gone), so a straggler cannot write into
-    a later run; what a run made is removed when the folder is taken again."""
-
-    def __init__(self) -> None:
-        self.folder = ""
-        self.free: list = []  # (path, bytes of code in it)
-        self.made = 0
-        self.bytes = 0
-
-    def keep(self, run: str, size: int) -> bool:
-        """Move `run` aside; False when the spares are full (then it is removed)."""
-        if len(self.free) >= SPARES or self.bytes + size > SPARE_BYTES:
-            return False
-        if not self.folder:
-            root = os.path.dirname(os.path.dirname(run))  # run folders are <root>/runs/<id>
-            self.folder = os.path.join(root, "spare", f"{socket.gethostname()}-{os.getpid()}")
-            _remove_stale_spares(os.path.dirname(self.folder))
-            os.makedirs(self.folder, exist_ok=True)
-        spare = os.path.join(self.folder, str(self.made))
-        self.made += 1
-        os.rename(run, spare)
-        self.free.append((spare, size))
-        self.bytes += size
-        return True
-
-    def take(self, run: str, code: Code) -> bool:
-        """Move a spare folder to `run`, emptied of all that `code` does not rewrite in place
-        (its files and folders: the same inodes); False when there is none."""
-        while self.free:
-            spare, size = self.free.pop()
-            self.bytes -= size
-            try:
-                _clear(spare, code.kinds, "")
-                os.rename(spare, run)
-                return True
-            except OSError:
-                shutil.rmtree(spare, ignore_errors=True)
-        return False
-
-    def close(self) -> None:
-        if self.folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _clear(folder: str, kinds: dict, rel: str) -> None:
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = entry.name if not rel else rel + "/" + entry.name
-            if name == INTERNAL:
-                for record in os.scandir(entry.path):
-                    if record.name in RECORDS:
-                        write_bytes(record.path, b"")  # readers wait for them non-empty
-                    elif record.name not in ("stdout", "stderr"):  # rewritten at start
-                        _remove(record)
-                continue
-            kind = kinds.get(name)
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if entry.is_dir(follow_symlinks=False):
-                if kind == "d" and mode & 0o700 == 0o700:
-                    _clear(entry.path, kinds, name)
-                else:
-                    shutil.rmtree(entry.path)
-            elif kind != "f" or not entry.is_file(follow_symlinks=False) or not mode & 0o200:
-                os.unlink(entry.path)
-
-
-def _remove(entry) -> None:
-    if entry.is_dir(follow_symlinks=False):
-        shutil.rmtree(entry.path)
-    else:
-        os.unlink(entry.path)
-
-
-def _remove_stale_spares(folder: str) -> None:
-    """The spare folders of this host's agents that are gone (killed: no chance to clean)."""
-    host = socket.gethostname()
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        owner, _, pid = name.rpartition("-")
-        if owner != host or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-        except OSError:
-            pass  # alive, another user's
-
-
 def _extract(archive: str, run: str, code) -> None:
     if code is not None:
         code.write(run)
@@ -388,11 +298,13 @@ def _spawn(runner: str, run: str, internal: str):
 
 
 class Agent:
-    def __init__(self, out) -> None:
+    def __init__(self, out, keeper: str = "") -> None:
         self.out = out
+        self.keeper_path = keeper if keeper and KeeperHandle.usable() else ""
+        self.keeper: KeeperHandle | None = None
         self.lock = threading.Lock()
         self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
-        self.spares = Spares()
+        self.spares = Spares(INTERNAL)
         self.ended: dict = {}  # run folder -> bytes of code, for runs wholly gone
         self.removals: list = []  # threads removing run folders
 
@@ -418,14 +330,17 @@ class Agent:
             self.send({"op": "failed", "id": ident, "message": str(error),
                        "code_missing": isinstance(error, CodeMissing)})
             return
+        if wait is None:
+            return  # the keeper runs it, and says when it ended
         self.send({"op": "started", "id": ident, "pid": pid})
         threading.Thread(target=self.finish, daemon=True,
                          args=(ident, run, wait, pid, size, order.get("ignore", []))).start()
 
     def start(self, order: dict):
-        """Run folder, code, record files and the detached wrapper, as the shell wrapper does:
-        the run folder, a way to wait for the end, the pid of the session's leader, and the
-        bytes of code in the folder (None: not to be reused)."""
+        """Run folder, code and record files as the shell wrapper makes them, then the script
+        handed to the keeper (or, without one, the detached wrapper started here): the run
+        folder, a way to wait for the end (None: the keeper says), the pid of the session's
+        leader, and the bytes of code in the folder (None: not to be reused)."""
         run = _expand(order["dir"])
         internal = os.path.join(run, INTERNAL)
         archive = _expand(order["archive"])
@@ -441,19 +356,42 @@ class Agent:
         _extract(archive, run, code)
         for name in ("stdout", "stderr"):
             _write(os.path.join(internal, name), "")
+        size = None if code is None else code.size
+        if self.keeper_path:
+            if "argv" in order:
+                _write(os.path.join(internal, "node"), order["node"] + "\n")
+                _write(os.path.join(internal, "digest"), order["digest"] + "\n")
+                known = {"RUNAWAY_PATH": _expand(order["root"]), "RUNAWAY_PWD": run,
+                         "RUNAWAY_SCRIPT_PATH": os.path.join(run, order["script"])}
+                env = {"PWD": run}
+                env.update((k, known.get(k, "") if v is None else v) for k, v in order["env"])
+                start = {"argv": order["argv"], "env": env}
+            else:
+                start = {"wrapper": order["runner"]}
+            more = (size, order.get("ignore", []))
+            if self.keeper is None or not self.keeper.start(order["id"], run, start, more):
+                self.keeper = KeeperHandle(self.keeper_path, self.send, self.ended_run)
+                self.keeper.start(order["id"], run, start, more)
+            return run, None, 0, size
         pid, wait = _spawn(order["runner"], run, internal)
         _write(os.path.join(internal, "pid"), f"{pid}\n")  # one small write: whole or empty
-        return run, wait, pid, None if code is None else code.size
+        return run, wait, pid, size
 
     def finish(self, ident: str, run: str, wait, pid: int, size, patterns: list[str]) -> None:
         wait()
         try:
             os.killpg(pid, 0)  # something of the run still runs: its folder is not reused
+            alone = False
         except ProcessLookupError:
-            if size is not None:
-                self.ended[run] = size
+            alone = True
         except OSError:
-            pass
+            alone = False
+        self.ended_run(ident, run, alone, size, patterns)
+
+    def ended_run(self, ident: str, run: str, alone: bool, size, patterns: list[str]) -> None:
+        """Send a run's results; its folder may hold a later run when nothing of it is left."""
+        if alone and size is not None:
+            self.ended[run] = size
         try:
             files = result_files(run, patterns)
             record = _small_record(run, files)
@@ -492,7 +430,10 @@ class Agent:
             self.removals.append(thread)
 
     def close(self) -> None:
-        """At the end of input: finish the removals and remove the spares."""
+        """At the end of input: finish the removals and remove the spares. The keeper ends
+        after its last script."""
+        if self.keeper is not None:
+            self.keeper.close()
         for thread in self.removals:
             thread.join()
         self.spares.close()
@@ -505,9 +446,9 @@ def _remove_all(folders: list) -> None:
 
 def main() -> None:
     out = sys.stdout.buffer
-    agent = Agent(out)
+    agent = Agent(out, os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_keeper.py"))
     agent.send({"op": "hello", "protocol": PROTOCOL, "python": sys.version.split()[0],
-                "pid": os.getpid()})
+                "pid": os.getpid(), "direct": bool(agent.keeper_path)})
     for line in sys.stdin.buffer:
         order = json.loads(line)
         if order.get("op") == "run":

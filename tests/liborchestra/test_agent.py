@@ -85,8 +85,8 @@ def test_a_killed_agent_loses_nothing_and_is_started_again(testbed, tmp_path):
     profile = _hosts(testbed, tmp_path, ("node1", "node2"), 3)
     proc = _batch(profile, script, "kill", 24, tmp_path)
     seen = _events(proc, until=lambda s: len(_names(s, "ExecutionStarted")) >= 8)
-    killed = testbed.on("node1", "pkill", "-KILL", "-u", testbed.user, "-f",
-                        "/agent/[0-9a-f]+\\.py")
+    killed = testbed.on("node1", "pkill", "-KILL", "-u", testbed.user, "-f", "--",
+                        "-u .*/agent/[0-9a-f]+/node_agent\\.py$")
     assert killed.returncode == 0, killed.stderr  # an agent was there, and died
     seen += _events(proc)
     assert proc.returncode == 0, proc.stderr.read()
@@ -283,12 +283,14 @@ def test_the_profiles_env_is_not_on_a_command_line_and_no_stray_fd_reaches_the_s
 
 def test_the_agents_wrapper_reads_its_script_from_memory_not_a_pipe(tmp_path):
     """bash reads a script from a pipe one byte per system call; from a memfd (seekable) in
-    blocks. The user's script sees its parent, the wrapper, reading from the memfd."""
+    blocks. The user's script sees its parent, the wrapper, reading from the memfd. (A
+    profile with setup lines runs its scripts under the wrapper, which runs them.)"""
     script = write_script(tmp_path / "code", "job.sh", (
         "#!/usr/bin/env bash\n"
         "for fd in /proc/$PPID/fd/*; do readlink \"$fd\"; done | grep -c '^/memfd:runaway'\n"))
     profile = write_profile(tmp_path / "profiles", "loc", {
-        "scheduler": {"kind": "local"}, "slots": 1, "directory": str(tmp_path / "remote")})
+        "scheduler": {"kind": "local"}, "slots": 1, "directory": str(tmp_path / "remote"),
+        "setup": ["true"]})
     done = subprocess.run([sys.executable, "-m", "runaway", "batch", str(profile), str(script),
                            "--name", "m", "-x", "1"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)

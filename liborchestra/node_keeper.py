@@ -1,0 +1,238 @@
+"""The node keeper: the parent of the scripts a node agent starts, so that an execution costs
+one process on the node (the script) and still loses nothing when the agent dies. `Keeper` is
+the process; `Handle`, the agent's side of it.
+
+The agent (node_agent.py) talks to the driver; the keeper only starts scripts, each in its
+own session, waits for them, and writes each one's exit code into its run folder, as the
+last line of the shell wrapper does. It has no channel to lose: when the agent ends (killed,
+or its channel gone), the keeper's order pipe ends, and the keeper goes on waiting for the
+scripts it started, writes their exit codes and exits after the last one. The driver then
+reattaches to their run folders as after any lost connection.
+
+An exit code is written before its process is reaped (waitid with WNOWAIT): a reader that
+finds the process gone (`kill -0`) finds its exit code already there.
+
+Shipped next to the agent and run with the same python3, so standard library only; Linux
+(os.waitid). Protocol: JSON lines.
+  agent -> keeper  {"id", "cwd", "argv", "env": {name: value}} to run argv directly, writing
+                   its exit code; or {"id", "cwd", "wrapper"} to run a wrapper script under bash
+                   (it writes the exit code itself)
+  keeper -> agent  {"id", "pid"} once started (its pid file written); then
+                   {"id", "status", "alone"} when it ended (`alone`: nothing of it runs on)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+import threading
+
+INTERNAL = ".orchestra"
+_SPAWN = hasattr(os, "posix_spawnp") and hasattr(os, "POSIX_SPAWN_OPEN")
+_NULL_IN = (getattr(os, "POSIX_SPAWN_OPEN", 0), 0, os.devnull, os.O_RDONLY, 0)
+_NULL_OUT = (getattr(os, "POSIX_SPAWN_OPEN", 0), 1, os.devnull, os.O_WRONLY, 0)
+_NULL_ERR = (getattr(os, "POSIX_SPAWN_OPEN", 0), 2, os.devnull, os.O_WRONLY, 0)
+_OUTPUT = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ")
+                         if hasattr(signal, name))  # Python ignores them; scripts must not
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _code(ended) -> int:
+    """What `$?` says in bash: the exit status, or 128 + the signal that killed it."""
+    return ended.si_status if ended.si_code == os.CLD_EXITED else 128 + ended.si_status
+
+
+class Keeper:
+    def __init__(self, out) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.runs: dict = {}  # pid -> (id, run folder, writes the exit code)
+        self.closing = False
+
+    def report(self, message: dict) -> None:
+        try:
+            self.out.write(json.dumps(message).encode() + b"\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the agent is gone: the run folders keep everything
+
+    def start(self, order: dict) -> None:
+        """Start one script in its own session (the spawn needs its folder as the current
+        one: only this thread changes it, the reaper uses whole paths)."""
+        cwd = order["cwd"]
+        internal = os.path.join(cwd, INTERNAL)
+        direct = "argv" in order
+        with self.lock:
+            try:
+                os.chdir(cwd)
+                pid = self._spawn(order, internal) if direct else self._wrap(order["wrapper"])
+            except OSError as error:
+                pid = 0
+                if direct:  # as bash says it: 127 for a missing command, else 126
+                    _write(os.path.join(internal, "stderr"),
+                           f"runaway: {order['argv'][0]}: {error.strerror}\n".encode())
+                    _write(os.path.join(internal, "ecode"),
+                           b"127\n" if error.errno == errno.ENOENT else b"126\n")
+            if pid:
+                self.runs[pid] = (order["id"], cwd, direct)
+                self.changed.notify_all()
+        if not pid:
+            self.report({"id": order["id"], "status": -1, "alone": True})
+            return
+        _write(os.path.join(internal, "pid"), f"{pid}\n".encode())
+        self.report({"id": order["id"], "pid": pid})
+
+    def _spawn(self, order: dict, internal: str) -> int:
+        env = dict(os.environ)
+        env.update(order.get("env", {}))
+        actions = [_NULL_IN,
+                   (os.POSIX_SPAWN_OPEN, 1, os.path.join(internal, "stdout"), _OUTPUT, 0o644),
+                   (os.POSIX_SPAWN_OPEN, 2, os.path.join(internal, "stderr"), _OUTPUT, 0o644)]
+        argv = order["argv"]
+        try:
+            return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True,
+                                   setsigdef=_DEFAULT_SIGNALS)
+        except OSError as error:
+            if error.errno != errno.ENOEXEC:
+                raise
+            # executable, no #! line: bash runs it as a bash script, so do we
+            return os.posix_spawnp("bash", ["bash", *argv], env, file_actions=actions,
+                                   setsid=True, setsigdef=_DEFAULT_SIGNALS)
+
+    def _wrap(self, script: str) -> int:
+        fd = os.memfd_create("runaway-wrapper", os.MFD_CLOEXEC)
+        try:
+            data = b"exec 3<&-\n" + script.encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.lseek(fd, 0, os.SEEK_SET)
+            return os.posix_spawnp("bash", ["bash", "/dev/fd/3"], os.environ,
+                                   file_actions=(_NULL_IN, _NULL_OUT, _NULL_ERR,
+                                                 (os.POSIX_SPAWN_DUP2, fd, 3)),
+                                   setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        finally:
+            os.close(fd)
+
+    def reap(self) -> None:
+        """Wait for each script; write its exit code before reaping it; say so."""
+        while True:
+            with self.lock:
+                while not self.runs:
+                    if self.closing:
+                        os._exit(0)
+                    self.changed.wait()
+            try:
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                continue
+            if ended is None:
+                continue
+            pid = ended.si_pid
+            with self.lock:
+                ident, cwd, direct = self.runs.pop(pid, (None, None, False))
+            if direct:
+                _write(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
+            os.waitpid(pid, 0)
+            try:
+                os.killpg(pid, 0)
+                alone = False  # something it started runs on: its folder is not reused
+            except ProcessLookupError:
+                alone = True
+            except OSError:
+                alone = False
+            if ident is not None:
+                self.report({"id": ident, "status": 0, "alone": alone})
+
+
+class Handle:
+    """One keeper process as its agent sees it: the runs it watches. `send` takes a frame
+    for the driver; `ended(id, run, alone, *more)` is called as each run ends."""
+
+    def __init__(self, path: str, send, ended) -> None:
+        self.send, self.ended = send, ended
+        self.lock = threading.Lock()
+        self.pending: dict = {}  # id -> (run folder, bytes of code, ignore patterns)
+        self.dead = False
+        orders, keeper_in = os.pipe()
+        keeper_out, reports = os.pipe()
+        try:
+            os.posix_spawnp(sys.executable, [sys.executable, "-u", path], os.environ,
+                            file_actions=((os.POSIX_SPAWN_DUP2, orders, 0),
+                                          (os.POSIX_SPAWN_DUP2, reports, 1), _NULL_ERR),
+                            setsid=True)
+        finally:
+            os.close(orders)
+            os.close(reports)
+        self.pipe = os.fdopen(keeper_in, "wb")
+        threading.Thread(target=self._read, args=(os.fdopen(keeper_out, "rb"),),
+                         daemon=True).start()
+
+    @staticmethod
+    def usable() -> bool:
+        return _SPAWN and all(hasattr(os, name) for name in ("waitid", "memfd_create"))
+
+    def start(self, ident: str, run: str, start: dict, more: tuple) -> bool:
+        """Hand it a run; False when it has died (start another)."""
+        with self.lock:
+            if self.dead:
+                return False
+            self.pending[ident] = (run, *more)
+        try:
+            self.pipe.write(json.dumps(dict(start, id=ident, cwd=run)).encode() + b"\n")
+            self.pipe.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # it died: its reader says so for every run it had, this one too
+        return True
+
+    def _read(self, reports) -> None:
+        for line in reports:
+            report = json.loads(line)
+            ident = report["id"]
+            if "pid" in report:
+                self.send({"op": "started", "id": ident, "pid": report["pid"]})
+                continue
+            with self.lock:
+                run, size, patterns = self.pending.pop(ident)
+            self.ended(ident, run, report["alone"], size, patterns)
+        with self.lock:  # it died: what it watched is the driver's to reattach to
+            self.dead, lost, self.pending = True, list(self.pending), {}
+        for ident in lost:
+            self.send({"op": "lost", "id": ident, "message": "its node keeper died"})
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.pipe.close()
+
+
+def main() -> None:
+    keeper = Keeper(sys.stdout.buffer)
+    threading.Thread(target=keeper.reap, daemon=True).start()
+    for line in sys.stdin.buffer:
+        keeper.start(json.loads(line))
+    with keeper.lock:  # the agent is gone: the reaper ends the process after the last script
+        keeper.closing = True
+        keeper.changed.notify_all()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        os._exit(0)
