@@ -58,6 +58,22 @@ def _arguments(values: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+ARGUMENTS_LIMIT = 32 * 4096 - len("RUNAWAY_ARGUMENTS=") - 1  # Linux's longest string in an
+# environment (MAX_ARG_STRLEN, its NUL included); each argument is bounded by it too
+
+
+def arguments_problem(args: tuple[str, ...]) -> str | None:
+    """Why a script could not be started with these arguments, or None: RUNAWAY_ARGUMENTS
+    (all of them, shell-quoted) is one string of the environment, and the kernel refuses
+    longer ones (`Argument list too long`) on every node."""
+    size = len(shlex.join(args).encode())
+    if size <= ARGUMENTS_LIMIT:
+        return None
+    return (f"its arguments are {size:,} bytes once quoted (RUNAWAY_ARGUMENTS), over the "
+            f"{ARGUMENTS_LIMIT:,} the kernel takes in one variable: pass large data in a file "
+            "(shipped with the code) and its path as the argument")
+
+
 @attrs.frozen
 class Execution:
     """One run of a script with its arguments. Arguments are data: they reach argv verbatim."""

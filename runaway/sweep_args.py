@@ -14,6 +14,7 @@ from typing import Iterator
 import attrs
 
 from liborchestra import params
+from liborchestra.execution import ARGUMENTS_LIMIT, arguments_problem
 
 _COMMA_GROUP = re.compile(r"\{[^{};]*,[^{};]*\}")
 
@@ -72,7 +73,27 @@ def sweep_from_args(args: argparse.Namespace) -> params.Sweep:
         base = params.template(text)
     if args.param:
         base = _product(params.param_grid(args.param, "--param"), base)
+    if _longest(args) > ARGUMENTS_LIMIT:  # then look at each point (100,000 take seconds)
+        for point in base:
+            problem = arguments_problem(point.argv)
+            if problem is not None:
+                label = point.label if len(point.label) <= 60 else point.label[:57] + "..."
+                raise params.ParamsError(f"execution {point.index + 1} ({label}): {problem}")
     return base.repeat(args.repeats)
+
+
+def _longest(args: argparse.Namespace) -> int:
+    """More than one execution's arguments can be once quoted, in bytes: each takes at most
+    each part of what it is made of once (config paths are short), and quoting at most
+    quintuples a byte."""
+    size = len(" ".join([*args.template, *args.param]).encode()) + 4096
+    if args.arguments_file:
+        try:
+            with open(args.arguments_file, "rb") as f:
+                size += max((len(line) for line in f), default=0)
+        except OSError:
+            pass  # said by the sweep, already made
+    return 5 * size
 
 
 def _product(outer: params.Sweep, inner: params.Sweep) -> params.Sweep:

@@ -162,6 +162,7 @@ def test_post_command_runs_in_each_output_folder(setup):
     (["--configs", "/nonexistent-dir"], "no such directory"),
     (["--param", "lr"], "NAME=VALUE"),
     (["-A", "/nonexistent-file"], "no such arguments file"),
+    (["--", *["y" * 50_000] * 3], "execution 1 (yyy"),  # RUNAWAY_ARGUMENTS past the kernel's
 ])
 def test_bad_sweeps_are_one_clear_error(setup, args, words):
     tmp, script, profile, _ = setup
@@ -170,6 +171,22 @@ def test_bad_sweeps_are_one_clear_error(setup, args, words):
     assert "Traceback" not in done.stderr
     assert words in done.stderr and done.stderr.startswith("runaway: error:")
     assert not (tmp / "batch/bad").exists()  # nothing half-written
+
+
+def test_arguments_too_long_for_the_kernel_are_refused_before_anything_runs(setup):
+    """RUNAWAY_ARGUMENTS is one environment string: Linux refuses one over 128 KiB on every
+    node, so the batch is refused at once, naming the execution; one just under it runs."""
+    tmp, script, profile, _ = setup
+    lines = tmp / "args.txt"
+    lines.write_text("short\n" + "z" * 140_000 + "\n")
+    done = runaway("batch", profile, script, "--name", "long", "-A", str(lines), cwd=tmp)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("runaway: error:") and "execution 2 (zzz" in done.stderr
+    assert "140,000 bytes" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp / "batch/long").exists()
+    lines.write_text("z" * 130_000 + "\n")
+    done = runaway("batch", profile, script, "--name", "fits", "-A", str(lines), cwd=tmp)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_unknown_batch_name_is_one_clear_error(tmp_path):
