@@ -150,7 +150,8 @@ class Code:
     def __init__(self, members: list) -> None:
         self.members = members
         self.size = sum(len(data) for _, kind, _, data, _ in members if kind == "f")
-        self.kinds = {os.path.normpath(name): kind for name, kind, *_ in members}
+        self.files = {os.path.normpath(name): (kind, mode, len(data or ""), mtime)
+                      for name, kind, mode, data, mtime in members}  # what a spare may keep
 
     @classmethod
     def read(cls, path: str):
@@ -169,10 +170,14 @@ class Code:
                     return None
         return cls(members)
 
-    def write(self, run: str) -> None:
+    def write(self, run: str, intact: frozenset = frozenset()) -> None:
+        """Into `run`; the `intact` files (a spare folder's, as the archive has them) are
+        left as they are."""
         folders = []
         made = {run}
         for name, kind, mode, data, mtime in self.members:
+            if intact and os.path.normpath(name) in intact:
+                continue
             path = os.path.join(run, name)
             parent = os.path.dirname(path)
             if parent not in made:
@@ -194,9 +199,9 @@ class Code:
             os.utime(path, (mtime, mtime))
 
 
-def _extract(archive: str, run: str, code) -> None:
+def _extract(archive: str, run: str, code, intact: frozenset) -> None:
     if code is not None:
-        code.write(run)
+        code.write(run, intact)
         return
     with tarfile.open(archive, mode="r:") as tar:
         if hasattr(tarfile, "fully_trusted_filter"):  # our own archive, made by the driver
@@ -351,9 +356,10 @@ class Agent:
         code = self.codes.get(archive, False)
         if code is False:
             code = self.codes[archive] = Code.read(archive)
-        if code is None or not self.spares.take(run, code):
+        intact = None if code is None else self.spares.take(run, code.files)
+        if intact is None:
             os.makedirs(internal, exist_ok=True)
-        _extract(archive, run, code)
+        _extract(archive, run, code, intact or frozenset())
         for name in ("stdout", "stderr"):
             _write(os.path.join(internal, name), "")
         size = None if code is None else code.size

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 
 SPARES = 256  # finished run folders one agent keeps to hold later runs, at most
 SPARE_BYTES = 256 << 20  # bytes of code in them, at most
@@ -49,26 +50,29 @@ class Spares:
         self.bytes += size
         return True
 
-    def take(self, run: str, code) -> bool:
-        """Move a spare folder to `run`, emptied of all that `code` does not rewrite in place
-        (its files and folders: the same inodes); False when there is none."""
+    def take(self, run: str, files: dict) -> frozenset | None:
+        """Move a spare folder to `run`, emptied of all but the code's files and folders
+        (`files`: path -> kind, mode, size, mtime), which are rewritten in place, the same
+        inodes: the code files it returns are intact (size, time and mode as archived, as
+        rsync tells them) and need no rewriting. None when there is no spare."""
         while self.free:
             spare, size = self.free.pop()
             self.bytes -= size
+            intact: set = set()
             try:
-                _clear(spare, self.internal, code.kinds, "")
+                _clear(spare, self.internal, files, "", intact)
                 os.rename(spare, run)
-                return True
+                return frozenset(intact)
             except OSError:
                 shutil.rmtree(spare, ignore_errors=True)
-        return False
+        return None
 
     def close(self) -> None:
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _clear(folder: str, internal: str, kinds: dict, rel: str) -> None:
+def _clear(folder: str, internal: str, files: dict, rel: str, intact: set) -> None:
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name if not rel else rel + "/" + entry.name
@@ -79,15 +83,19 @@ def _clear(folder: str, internal: str, kinds: dict, rel: str) -> None:
                     elif record.name not in ("stdout", "stderr"):
                         _remove(record)
                 continue
-            kind = kinds.get(name)
-            mode = entry.stat(follow_symlinks=False).st_mode
+            kind, mode, size, mtime = files.get(name, ("", 0, 0, 0))
+            st = entry.stat(follow_symlinks=False)
             if entry.is_dir(follow_symlinks=False):
-                if kind == "d" and mode & 0o700 == 0o700:
-                    _clear(entry.path, internal, kinds, name)
+                if kind == "d" and st.st_mode & 0o700 == 0o700:
+                    _clear(entry.path, internal, files, name, intact)
                 else:
                     shutil.rmtree(entry.path)
-            elif kind != "f" or not entry.is_file(follow_symlinks=False) or not mode & 0o200:
+            elif kind != "f" or not entry.is_file(follow_symlinks=False) \
+                    or not st.st_mode & 0o200:
                 os.unlink(entry.path)
+            elif st.st_size == size and st.st_mtime_ns == int(mtime * 10**9) \
+                    and stat.S_IMODE(st.st_mode) == mode:
+                intact.add(name)
 
 
 def _remove(entry) -> None:

@@ -26,11 +26,13 @@ def test_a_reused_run_folder_holds_the_code_as_shipped_and_nothing_of_the_run_be
     code = tmp_path / "code"
     (code / "data").mkdir(parents=True)
     (code / "data" / "table.txt").write_text("pristine\n")
+    (code / "same.txt").write_text("AAAA\n")  # rewritten by each run, same size
     script = write_script(code, "job.sh", """\
         #!/usr/bin/env bash
         ls -A | sort | tr '\\n' ' '; echo
         stat -c %i . .orchestra/stdout > inodes
-        cat data/table.txt
+        cat data/table.txt same.txt
+        echo BBBB > same.txt
         mkdir -p res; echo "$1" > res/value; echo "$1" > .hidden
         echo changed >> data/table.txt; chmod a-w data/table.txt; chmod 500 data
         sleep 0.3
@@ -39,10 +41,12 @@ def test_a_reused_run_folder_holds_the_code_as_shipped_and_nothing_of_the_run_be
     inodes = set()
     for folder in folders:
         lines = (folder / "stdout").read_text().splitlines()
-        assert lines == [".orchestra data job.sh ", "pristine"], (folder, lines)  # the code, only
+        assert lines == [".orchestra data job.sh same.txt ", "pristine", "AAAA"], \
+            (folder, lines)  # the code as shipped, only
         arg = (folder / "res" / "value").read_text()
         assert (folder / ".hidden").read_text() == arg
         assert (folder / "data" / "table.txt").read_text() == "pristine\nchanged\n"
+        assert (folder / "same.txt").read_text() == "BBBB\n"
         inodes.add((folder / "inodes").read_text())
     # runs after the first removals (once a second) took the folders of earlier ones
     assert len(inodes) < len(folders), inodes
