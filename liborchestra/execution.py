@@ -59,13 +59,14 @@ def _arguments(values: object) -> tuple[str, ...]:
 
 
 ARGUMENTS_LIMIT = 32 * 4096 - len("RUNAWAY_ARGUMENTS=") - 1  # Linux's longest string in an
-# environment (MAX_ARG_STRLEN, its NUL included); each argument is bounded by it too
+# environment (MAX_ARG_STRLEN, its NUL included) with 4 KiB pages, the smallest: the nodes'
+# pages are not known here (64 KiB ones allow more); each argument is bounded by it too
 
 
 def arguments_problem(args: tuple[str, ...]) -> str | None:
     """Why a script could not be started with these arguments, or None: RUNAWAY_ARGUMENTS
     (all of them, shell-quoted) is one string of the environment, and the kernel refuses
-    longer ones (`Argument list too long`) on every node."""
+    longer ones (`Argument list too long`)."""
     size = len(shlex.join(args).encode())
     if size <= ARGUMENTS_LIMIT:
         return None

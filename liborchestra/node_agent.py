@@ -38,6 +38,7 @@ End of input ends the agent (its executions go on).
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import fnmatch
 import json
@@ -52,11 +53,13 @@ import threading
 
 if __package__:  # imported by the driver
     from liborchestra.node_keeper import Handle as KeeperHandle
-    from liborchestra.node_spares import Spares
+    from liborchestra.node_keeper import script_fd
+    from liborchestra.node_spares import SPARES, Spares
 else:  # run on a node, from the folder it was shipped in with its siblings
     sys.dont_write_bytecode = True  # nothing written next to them
     from node_keeper import Handle as KeeperHandle
-    from node_spares import Spares
+    from node_keeper import script_fd
+    from node_spares import SPARES, Spares
 
 PROTOCOL = 4
 INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
@@ -133,7 +136,8 @@ def _small_record(run: str, files: list[str]) -> dict | None:
 def _expand(path: str) -> str:
     """`~` and relative paths from the home folder, as the shell wrapper reads them."""
     path = os.path.expanduser(path)
-    return path if os.path.isabs(path) else os.path.join(os.path.expanduser("~"), path)
+    return os.path.normpath(path if os.path.isabs(path) else
+                            os.path.join(os.path.expanduser("~"), path))
 
 
 class CodeMissing(Exception):
@@ -249,7 +253,7 @@ def _script_fd(data: bytes):
     buffer holds it all (a user past the kernel's pipe quota gets 4 KiB pipes: writing more
     would wait for the wrapper, which reads on only as its script runs)."""
     try:
-        fd = os.memfd_create("runaway-wrapper", os.MFD_CLOEXEC)
+        fd = script_fd()
     except (AttributeError, OSError):  # not Linux, or refused: a pipe
         pass
     else:
@@ -310,7 +314,7 @@ class Agent:
         self.lock = threading.Lock()
         self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
         self.spares = Spares(INTERNAL)
-        self.ended: dict = {}  # run folder -> bytes of code, for runs wholly gone
+        self.ended: dict = {}  # run folder -> (bytes of code, archive), for runs wholly gone
         self.removals: list = []  # threads removing run folders
 
     def send(self, header: dict, payload=None, size: int = 0) -> None:
@@ -356,13 +360,12 @@ class Agent:
         code = self.codes.get(archive, False)
         if code is False:
             code = self.codes[archive] = Code.read(archive)
-        intact = None if code is None else self.spares.take(run, code.files)
-        if intact is None:
-            os.makedirs(internal, exist_ok=True)
+        intact = None if code is None else self.spares.take(run, archive, code.files)
+        os.makedirs(internal, exist_ok=True)  # a run may have removed a spare's
         _extract(archive, run, code, intact or frozenset())
         for name in ("stdout", "stderr"):
             _write(os.path.join(internal, name), "")
-        size = None if code is None else code.size
+        size = None if code is None else (code.size, archive)
         if self.keeper_path:
             if "argv" in order:
                 _write(os.path.join(internal, "node"), order["node"] + "\n")
@@ -392,18 +395,34 @@ class Agent:
             alone = True
         except OSError:
             alone = False
-        self.ended_run(ident, run, alone, size, patterns)
+        self.ended_run(ident, run, alone, size, patterns, inline=True)
 
-    def ended_run(self, ident: str, run: str, alone: bool, size, patterns: list[str]) -> None:
-        """Send a run's results; its folder may hold a later run when nothing of it is left."""
+    def ended_run(self, ident: str, run: str, alone: bool, size, patterns: list[str],
+                  inline: bool = False) -> None:
+        """Send a run's results; its folder may hold a later run when nothing of it is left.
+        A tar is packed on a thread of its own (unless `inline`: the caller's is the run's
+        own): a big one must not hold up the others."""
         if alone and size is not None:
+            if len(self.ended) >= 4 * SPARES:  # never discarded (leave: everything)
+                with contextlib.suppress(RuntimeError, StopIteration):  # popped meanwhile
+                    self.ended.pop(next(iter(self.ended)), None)
             self.ended[run] = size
         try:
             files = result_files(run, patterns)
             record = _small_record(run, files)
             if record is not None:  # nothing but a small record: no tar to make or to read
                 self.send({"op": "done", "id": ident, "record": record})
-                return
+            elif inline:
+                self.pack(ident, run, files)
+            else:
+                threading.Thread(target=self.pack, args=(ident, run, files), daemon=True).start()
+        except BrokenPipeError:
+            os._exit(0)  # the driver is gone; the run folder keeps everything
+        except Exception as error:
+            self.send({"op": "failed", "id": ident, "message": f"packing results: {error}"})
+
+    def pack(self, ident: str, run: str, files: list[str]) -> None:
+        try:
             with tempfile.TemporaryFile() as spool:
                 with tarfile.open(fileobj=spool, mode="w", format=tarfile.GNU_FORMAT) as tar:
                     for rel in files:

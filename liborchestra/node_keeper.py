@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -51,6 +53,39 @@ def _write(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def script_fd() -> int:
+    """A memfd for a wrapper script, above fd 3: duplicating a descriptor onto itself does not
+    clear its close-on-exec flag before glibc 2.29, and bash must be able to open fd 3."""
+    fd = os.memfd_create("runaway-wrapper", os.MFD_CLOEXEC)
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    finally:
+        os.close(fd)
+
+
+def _command(name: str, env: dict) -> str:
+    """What posix_spawnp would run, but looked up in the script's PATH (the profile may set
+    it), as the wrapper's bash does, not the keeper's."""
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "command not found", name)
+    return found
+
+
+def _close_inherited() -> None:
+    """Descriptors the agent was given by whatever started it reach no script."""
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _code(ended) -> int:
     """What `$?` says in bash: the exit status, or 128 + the signal that killed it."""
     return ended.si_status if ended.si_code == os.CLD_EXITED else 128 + ended.si_status
@@ -68,34 +103,38 @@ class Keeper:
         try:
             self.out.write(json.dumps(message).encode() + b"\n")
             self.out.flush()
-        except (BrokenPipeError, ValueError):
+        except (OSError, ValueError):
             pass  # the agent is gone: the run folders keep everything
 
     def start(self, order: dict) -> None:
         """Start one script in its own session (the spawn needs its folder as the current
-        one: only this thread changes it, the reaper uses whole paths)."""
-        cwd = order["cwd"]
+        one: only this thread changes it, the reaper uses whole paths). Whatever goes wrong
+        is this run's failure, never the keeper's: the others' exit codes depend on it."""
+        ident, cwd = order.get("id"), order.get("cwd", "")
         internal = os.path.join(cwd, INTERNAL)
         direct = "argv" in order
         with self.lock:
             try:
                 os.chdir(cwd)
                 pid = self._spawn(order, internal) if direct else self._wrap(order["wrapper"])
-            except OSError as error:
+            except Exception as error:  # said in the run folder, as bash would say it
                 pid = 0
-                if direct:  # as bash says it: 127 for a missing command, else 126
-                    _write(os.path.join(internal, "stderr"),
-                           f"runaway: {order['argv'][0]}: {error.strerror}\n".encode())
-                    _write(os.path.join(internal, "ecode"),
-                           b"127\n" if error.errno == errno.ENOENT else b"126\n")
-            if pid:
-                self.runs[pid] = (order["id"], cwd, direct)
+                if direct or "wrapper" in order:  # 127 for a missing command, else 126
+                    code = 127 if getattr(error, "errno", None) == errno.ENOENT else 126
+                    why = getattr(error, "strerror", None) or str(error)
+                    with contextlib.suppress(OSError):
+                        _write(os.path.join(internal, "stderr"),
+                               f"runaway: {order.get('argv', ['bash'])[0]}: {why}\n".encode())
+                        _write(os.path.join(internal, "ecode"), f"{code}\n".encode())
+            else:
+                self.runs[pid] = (ident, cwd, direct)
+                with contextlib.suppress(OSError):  # before its ecode: the reaper waits
+                    _write(os.path.join(internal, "pid"), f"{pid}\n".encode())
                 self.changed.notify_all()
         if not pid:
-            self.report({"id": order["id"], "status": -1, "alone": True})
+            self.report({"id": ident, "status": -1, "alone": True})
             return
-        _write(os.path.join(internal, "pid"), f"{pid}\n".encode())
-        self.report({"id": order["id"], "pid": pid})
+        self.report({"id": ident, "pid": pid})
 
     def _spawn(self, order: dict, internal: str) -> int:
         env = dict(os.environ)
@@ -103,19 +142,20 @@ class Keeper:
         actions = [_NULL_IN,
                    (os.POSIX_SPAWN_OPEN, 1, os.path.join(internal, "stdout"), _OUTPUT, 0o644),
                    (os.POSIX_SPAWN_OPEN, 2, os.path.join(internal, "stderr"), _OUTPUT, 0o644)]
-        argv = order["argv"]
+        argv = list(order["argv"])
         try:
-            return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True,
-                                   setsigdef=_DEFAULT_SIGNALS)
+            return os.posix_spawn(_command(argv[0], env), argv, env, file_actions=actions,
+                                  setsid=True, setsigdef=_DEFAULT_SIGNALS)
         except OSError as error:
             if error.errno != errno.ENOEXEC:
                 raise
             # executable, no #! line: bash runs it as a bash script, so do we
-            return os.posix_spawnp("bash", ["bash", *argv], env, file_actions=actions,
-                                   setsid=True, setsigdef=_DEFAULT_SIGNALS)
+            return os.posix_spawn(_command("bash", env), ["bash", *argv], env,
+                                  file_actions=actions, setsid=True,
+                                  setsigdef=_DEFAULT_SIGNALS)
 
     def _wrap(self, script: str) -> int:
-        fd = os.memfd_create("runaway-wrapper", os.MFD_CLOEXEC)
+        fd = script_fd()
         try:
             data = b"exec 3<&-\n" + script.encode()
             view = memoryview(data)
@@ -146,9 +186,11 @@ class Keeper:
             pid = ended.si_pid
             with self.lock:
                 ident, cwd, direct = self.runs.pop(pid, (None, None, False))
-            if direct:
-                _write(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
-            os.waitpid(pid, 0)
+            if direct:  # its folder may be gone, or the disk full: it is lost, not the keeper
+                with contextlib.suppress(OSError):
+                    _write(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
             try:
                 os.killpg(pid, 0)
                 alone = False  # something it started runs on: its folder is not reused
@@ -208,8 +250,10 @@ class Handle:
                 self.send({"op": "started", "id": ident, "pid": report["pid"]})
                 continue
             with self.lock:
-                run, size, patterns = self.pending.pop(ident)
-            self.ended(ident, run, report["alone"], size, patterns)
+                watched = self.pending.pop(ident, None)
+            if watched is not None:
+                run, size, patterns = watched
+                self.ended(ident, run, report["alone"], size, patterns)
         with self.lock:  # it died: what it watched is the driver's to reattach to
             self.dead, lost, self.pending = True, list(self.pending), {}
         for ident in lost:
@@ -221,10 +265,15 @@ class Handle:
 
 
 def main() -> None:
+    _close_inherited()
     keeper = Keeper(sys.stdout.buffer)
     threading.Thread(target=keeper.reap, daemon=True).start()
     for line in sys.stdin.buffer:
-        keeper.start(json.loads(line))
+        try:
+            order = json.loads(line)
+        except ValueError:
+            continue  # not from our agent
+        keeper.start(order)
     with keeper.lock:  # the agent is gone: the reaper ends the process after the last script
         keeper.closing = True
         keeper.changed.notify_all()

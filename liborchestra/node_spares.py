@@ -24,18 +24,21 @@ class Spares:
     inode freed in the last minute, one block lookup each: on the test machine that was 45%
     of all CPU in a batch of `true`), and on parallel filesystems where each is a metadata
     request, that costs more than a short execution. A folder is kept only when nothing of
-    its run is left running (its process group is gone), so a straggler cannot write into
-    a later run; what a run made is removed when the folder is taken again."""
+    its run's process group is left running, so a straggler of the script's own cannot
+    write into a later run (one that left the group, with setsid, still could); what a run
+    made is removed when the folder is taken again."""
 
     def __init__(self, internal: str) -> None:
         self.internal = internal  # the run folder's own files (.orchestra)
         self.folder = ""
-        self.free: list = []  # (path, bytes of code in it)
+        self.free: list = []  # (path, bytes of code in it, the archive it holds)
         self.made = 0
         self.bytes = 0
 
-    def keep(self, run: str, size: int) -> bool:
-        """Move `run` aside; False when the spares are full (then it is removed)."""
+    def keep(self, run: str, held: tuple) -> bool:
+        """Move `run` aside (`held`: the bytes and the archive of the code in it); False when
+        the spares are full (then it is removed)."""
+        size, archive = held
         if len(self.free) >= SPARES or self.bytes + size > SPARE_BYTES:
             return False
         if not self.folder:
@@ -46,25 +49,32 @@ class Spares:
         spare = os.path.join(self.folder, str(self.made))
         self.made += 1
         os.rename(run, spare)
-        self.free.append((spare, size))
+        self.free.append((spare, size, archive))
         self.bytes += size
         return True
 
-    def take(self, run: str, files: dict) -> frozenset | None:
+    def take(self, run: str, archive: str, files: dict) -> frozenset | None:
         """Move a spare folder to `run`, emptied of all but the code's files and folders
         (`files`: path -> kind, mode, size, mtime), which are rewritten in place, the same
-        inodes: the code files it returns are intact (size, time and mode as archived, as
-        rsync tells them) and need no rewriting. None when there is no spare."""
+        inodes. When it held the same archive, the code files it returns are intact (size,
+        time and mode as archived, as rsync tells them) and need no rewriting. None when
+        there is no spare."""
         while self.free:
-            spare, size = self.free.pop()
+            spare, size, held = self.free.pop()
             self.bytes -= size
             intact: set = set()
             try:
                 _clear(spare, self.internal, files, "", intact)
-                os.rename(spare, run)
-                return frozenset(intact)
             except OSError:
                 shutil.rmtree(spare, ignore_errors=True)
+                continue
+            try:
+                os.rename(spare, run)
+            except OSError:  # `run` is there already (a resumed run): keep the spare
+                self.free.append((spare, size, held))
+                self.bytes += size
+                return None
+            return frozenset(intact) if held == archive else frozenset()
         return None
 
     def close(self) -> None:
@@ -91,7 +101,7 @@ def _clear(folder: str, internal: str, files: dict, rel: str, intact: set) -> No
                 else:
                     shutil.rmtree(entry.path)
             elif kind != "f" or not entry.is_file(follow_symlinks=False) \
-                    or not st.st_mode & 0o200:
+                    or not st.st_mode & 0o200 or st.st_nlink != 1:  # a link: not ours to write
                 os.unlink(entry.path)
             elif st.st_size == size and st.st_mtime_ns == int(mtime * 10**9) \
                     and stat.S_IMODE(st.st_mode) == mode:

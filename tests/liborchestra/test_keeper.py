@@ -117,3 +117,29 @@ def test_a_killed_keeper_has_its_runs_reattached_to_and_run_again_once(tmp_path)
     assert sorted(set(lines), key=int) == [str(i) for i in range(6)]
     left = subprocess.run(["pgrep", "-f", f"{tmp_path}/remote/agent/"], capture_output=True)
     assert left.stdout == b""  # neither agent nor keeper left
+
+
+def test_a_run_that_removes_its_own_folder_does_not_take_the_keeper_down(tmp_path):
+    """Its exit code cannot be written: it alone is lost (and run again); the others finish,
+    and the keeper ends with the batch."""
+    marker = tmp_path / "removed-once"
+    script = write_script(tmp_path / "code", "job.sh", f"""\
+        #!/usr/bin/env bash
+        if [ "$1" = 0 ] && [ ! -e {marker} ]; then touch {marker}; rm -rf "$PWD"; fi
+        sleep 0.2
+        """)
+    _run(tmp_path, script, "gone", "{" + ";".join(map(str, range(5))) + "}")
+    final = rows(tmp_path / "batch" / "gone")
+    assert [r[1] for r in final] == ["completed"] * 5
+    assert final[0][2] == 1 and sum(r[2] for r in final) == 1  # lost once, then run again
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path}/remote/agent/"], capture_output=True)
+    assert left.stdout == b""
+
+
+def test_an_interpreter_is_looked_up_in_the_profiles_path_as_the_wrapper_does(tmp_path):
+    tools = tmp_path / "tools"
+    write_script(tools, "bash", '#!/bin/sh\necho "the profile\'s bash"\nexec /bin/bash "$@"\n')
+    script = write_script(tmp_path / "code", "job.sh", "echo ran\n", executable=False)
+    [folder] = _run(tmp_path, script, "path", "x",
+                    env={"PATH": f"{tools}:/usr/local/bin:/usr/bin:/bin"})
+    assert (folder / "stdout").read_text() == "the profile's bash\nran\n"

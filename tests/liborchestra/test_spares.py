@@ -4,10 +4,12 @@ nothing of an earlier run; a folder whose run left a process behind is never reu
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from liborchestra.node_spares import Spares
 from tests.helpers import local_profile, write_script
 
 
@@ -67,3 +69,34 @@ def test_a_folder_whose_run_left_a_process_behind_is_not_reused(tmp_path):
     folders = _batch(tmp_path, script, "straggler", 12)
     polluted = [f.name for f in folders if "polluted" in (f / "stdout").read_text()]
     assert polluted == []
+
+
+def _spare_with(tmp: Path, content: str) -> tuple[Spares, str, dict]:
+    """A spare folder holding `code.txt` as the agent writes code (time 0, mode 0644)."""
+    run = tmp / "root" / "runs" / "a"
+    (run / ".orchestra").mkdir(parents=True)
+    code = run / "code.txt"
+    code.write_text(content)
+    code.chmod(0o644)
+    os.utime(code, (0, 0))
+    spares = Spares(".orchestra")
+    assert spares.keep(str(run), (len(content), "archive-a"))
+    return spares, str(tmp / "root" / "runs" / "b"), {"code.txt": ("f", 0o644, len(content), 0)}
+
+
+def test_a_spare_keeps_code_files_only_for_the_archive_it_held(tmp_path):
+    spares, run, files = _spare_with(tmp_path, "lr = 0.1\n")
+    assert spares.take(run, "archive-b", files) == frozenset()  # rewritten: another archive
+    spares.keep(run, (9, "archive-b"))
+    assert spares.take(str(tmp_path / "root/runs/c"), "archive-b", files) == {"code.txt"}
+    spares.close()
+
+
+def test_a_spare_never_writes_through_a_hard_link_a_run_made(tmp_path):
+    spares, run, files = _spare_with(tmp_path, "mine\n")
+    [spare] = [path for path, *_ in spares.free]
+    users = tmp_path / "users_file.txt"
+    os.link(Path(spare) / "code.txt", users)  # the run linked a code file to one of the user's
+    assert spares.take(run, "archive-a", files) == frozenset()  # unlinked, not kept in place
+    assert users.read_text() == "mine\n" and not Path(run, "code.txt").exists()
+    spares.close()
