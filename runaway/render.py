@@ -29,8 +29,9 @@ class Renderer:
             stream = sys.stdout if event.stream == "stdout" else sys.stderr
             stream.buffer.write(event.data)
             stream.flush()
-        elif isinstance(event, events.ConnectionProblem):
-            self.note(f"{event.host}: {event.message}; recovering")
+        elif isinstance(event, events.ConnectionProblem):  # the message may name it already
+            message = event.message.removeprefix(f"{event.host}: ")
+            self.note(f"{event.host}: {message}; recovering")
         elif code_note(event) or agent_note(event):
             self.note(code_note(event) or agent_note(event) or "")
         elif self.verbose:

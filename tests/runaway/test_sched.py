@@ -276,6 +276,8 @@ def test_lost_execution_is_requeued_with_the_same_parameters(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     # The first attempt of each point kills its wrapper: no exit code, so the engine says lost.
+    # (A profile with setup lines runs each script under a wrapper of its own; without them,
+    # the script's parent is the node keeper, shared by every run on the node.)
     script = write_script(tmp_path / "code", "flaky.sh", f"""\
         mark={marks}/$1
         if [ ! -e "$mark" ]; then touch "$mark"; kill -9 $PPID; sleep 5; fi
@@ -295,8 +297,8 @@ for kind, body in requests():
         answer("SHUTDOWN_RESPONSE")
         break
 """)
-    done = runaway("sched", local_profile(tmp_path), script, command, "--name", "lost",
-                   cwd=tmp_path)
+    done = runaway("sched", local_profile(tmp_path, setup=["true"]), script, command,
+                   "--name", "lost", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("requeued with the same parameters") == 3
     records = [body for kind, body in requests(log) if kind == "RECORD_OUTPUT_REQUEST"]
