@@ -253,27 +253,20 @@ def _script_fd(data: bytes):
     buffer holds it all (a user past the kernel's pipe quota gets 4 KiB pipes: writing more
     would wait for the wrapper, which reads on only as its script runs)."""
     try:
-        fd = script_fd()
+        return script_fd(data)
     except (AttributeError, OSError):  # not Linux, or refused: a pipe
         pass
-    else:
-        try:
-            _write_all(fd, data)
-            os.lseek(fd, 0, os.SEEK_SET)
-            return fd
-        except OSError:
-            os.close(fd)
-            raise
     if len(data) > RUNNER_PIPE:
         return None
     read, write = os.pipe()
     try:
-        capacity = fcntl.fcntl(write, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        try:
+            capacity = fcntl.fcntl(write, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        except OSError:
+            capacity = 4096  # the least a pipe holds
         if capacity >= len(data):
             os.write(write, data)  # fits the pipe's buffer: never waits for the wrapper
             return read
-    except OSError:
-        pass
     finally:
         os.close(write)
     os.close(read)

@@ -53,14 +53,23 @@ def _write(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def script_fd() -> int:
-    """A memfd for a wrapper script, above fd 3: duplicating a descriptor onto itself does not
-    clear its close-on-exec flag before glibc 2.29, and bash must be able to open fd 3."""
-    fd = os.memfd_create("runaway-wrapper", os.MFD_CLOEXEC)
+def script_fd(data: bytes) -> int:
+    """A memfd holding `data` at offset 0, above fd 3: duplicating a descriptor onto itself
+    does not clear its close-on-exec flag before glibc 2.29, and bash must open fd 3."""
+    made = os.memfd_create("runaway-wrapper", os.MFD_CLOEXEC)
     try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        fd = fcntl.fcntl(made, fcntl.F_DUPFD_CLOEXEC, 10)
     finally:
+        os.close(made)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
         os.close(fd)
+        raise
+    return fd
 
 
 def _command(name: str, env: dict) -> str:
@@ -155,13 +164,8 @@ class Keeper:
                                   setsigdef=_DEFAULT_SIGNALS)
 
     def _wrap(self, script: str) -> int:
-        fd = script_fd()
+        fd = script_fd(b"exec 3<&-\n" + script.encode())  # closed first thing
         try:
-            data = b"exec 3<&-\n" + script.encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.lseek(fd, 0, os.SEEK_SET)
             return os.posix_spawnp("bash", ["bash", "/dev/fd/3"], os.environ,
                                    file_actions=(_NULL_IN, _NULL_OUT, _NULL_ERR,
                                                  (os.POSIX_SPAWN_DUP2, fd, 3)),
