@@ -90,9 +90,11 @@ class SweepSource(Source):
         if folder is None:
             return None
         status = None
-        if self.settings.post_command and folder.is_dir():
+        present = folder.is_dir()  # looked at once per execution (again after a post-command)
+        if self.settings.post_command and present:
             status = await self._post(row, folder, result.ecode)
-        metrics = read_metrics(folder) if folder.is_dir() else None
+            present = folder.is_dir()
+        metrics = read_metrics(folder) if present else None
         payload = dict(row.payload)  # `row` is read afresh by the driver, history and all
         if metrics is not None:
             payload.update(objective=metrics.objective, metrics=metrics.values)
@@ -100,7 +102,7 @@ class SweepSource(Source):
             payload["post"] = status
         if self.journal is not None and payload != row.payload:
             self.journal.update_payload(row.seq, payload)
-        if folder.is_dir():
+        if present:
             write_record(folder, record(row, script=str(self.settings.script),
                                         post=status, attempt_history=payload.get("history", [])))
         return None if metrics is None else metrics.objective

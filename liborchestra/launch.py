@@ -23,7 +23,7 @@ from liborchestra import events
 from liborchestra.agent import AgentLost, Agents, Record
 from liborchestra.errors import CodeMissing, ConnectionLostError, LaunchError, SSHError
 from liborchestra.execution import TAIL, Execution, Result, State
-from liborchestra.node_agent import write_bytes
+from liborchestra.node_keeper import write_bytes
 from liborchestra.shell import Shell
 from liborchestra.slots import Slot
 from liborchestra.transfer import (

@@ -5,7 +5,7 @@ on the node (the script itself) instead of nine, and no SSH channel of its own.
 This file is shipped to the node as it is, with node_keeper.py and node_spares.py (into one
 folder per content hash, like the code), and run with the node's `python3` (3.8 or newer): the
 standard library only, and nothing from liborchestra but those siblings. The driver imports it
-too, for the protocol, the ignore rules and its file writer.
+too, for the protocol and the ignore rules (and node_keeper.py for the one file writer).
 
 It keeps the run-folder contract of the shell wrapper: each run folder gets the code and
 `.orchestra/{stdout,stderr,node,digest,pid}`, and `.orchestra/ecode` when the script ends,
@@ -53,12 +53,12 @@ import threading
 
 if __package__:  # imported by the driver
     from liborchestra.node_keeper import Handle as KeeperHandle
-    from liborchestra.node_keeper import script_fd
+    from liborchestra.node_keeper import script_fd, write_bytes
     from liborchestra.node_spares import SPARES, Spares
 else:  # run on a node, from the folder it was shipped in with its siblings
     sys.dont_write_bytecode = True  # nothing written next to them
     from node_keeper import Handle as KeeperHandle
-    from node_keeper import script_fd
+    from node_keeper import script_fd, write_bytes
     from node_spares import SPARES, Spares
 
 PROTOCOL = 4
@@ -212,25 +212,6 @@ def _extract(archive: str, run: str, code, intact: frozenset) -> None:
             tar.extractall(run, filter="fully_trusted")
         else:
             tar.extractall(run)
-
-
-def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
-    """Write a whole file with a few system calls (several per execution, on both sides:
-    layers above them cost more than the writing); `mode`, when given, exactly (no umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                 0o644 if mode is None else 0o600)
-    try:
-        _write_all(fd, data)
-        if mode is not None:
-            os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _write(path: str, text: str) -> None:

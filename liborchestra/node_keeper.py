@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -43,14 +44,23 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
                          if hasattr(signal, name))  # Python ignores them; scripts must not
 
 
-def _write(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
+    """Write a whole file with a few system calls (several per execution, on both sides:
+    layers above them cost more than the writing); `mode`, when given, exactly (no umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                 0o644 if mode is None else 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
+        if mode is not None:
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def script_fd(data: bytes) -> int:
@@ -62,9 +72,7 @@ def script_fd(data: bytes) -> int:
     finally:
         os.close(made)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
     except OSError:
         os.close(fd)
@@ -74,13 +82,19 @@ def script_fd(data: bytes) -> int:
 
 def _command(name: str, env: dict) -> str:
     """What posix_spawnp would run, but looked up in the script's PATH (the profile may set
-    it), as the wrapper's bash does, not the keeper's."""
+    it), as the wrapper's bash does, not the keeper's; found once per name and PATH, as bash
+    hashes commands."""
     if "/" in name:
         return name
-    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    found = _found(name, env.get("PATH", os.defpath))
     if found is None:
         raise FileNotFoundError(errno.ENOENT, "command not found", name)
     return found
+
+
+@functools.lru_cache(maxsize=64)
+def _found(name: str, path: str):
+    return shutil.which(name, path=path)
 
 
 def _close_inherited() -> None:
@@ -107,6 +121,7 @@ class Keeper:
         self.changed = threading.Condition(self.lock)
         self.runs: dict = {}  # pid -> (id, run folder, writes the exit code)
         self.closing = False
+        self.environ = dict(os.environ)  # the scripts' base environment: the keeper's own
 
     def report(self, message: dict) -> None:
         try:
@@ -132,13 +147,13 @@ class Keeper:
                     code = 127 if getattr(error, "errno", None) == errno.ENOENT else 126
                     why = getattr(error, "strerror", None) or str(error)
                     with contextlib.suppress(OSError):
-                        _write(os.path.join(internal, "stderr"),
+                        write_bytes(os.path.join(internal, "stderr"),
                                f"runaway: {order.get('argv', ['bash'])[0]}: {why}\n".encode())
-                        _write(os.path.join(internal, "ecode"), f"{code}\n".encode())
+                        write_bytes(os.path.join(internal, "ecode"), f"{code}\n".encode())
             else:
                 self.runs[pid] = (ident, cwd, direct)
                 with contextlib.suppress(OSError):  # before its ecode: the reaper waits
-                    _write(os.path.join(internal, "pid"), f"{pid}\n".encode())
+                    write_bytes(os.path.join(internal, "pid"), f"{pid}\n".encode())
                 self.changed.notify_all()
         if not pid:
             self.report({"id": ident, "status": -1, "alone": True})
@@ -146,8 +161,7 @@ class Keeper:
         self.report({"id": ident, "pid": pid})
 
     def _spawn(self, order: dict, internal: str) -> int:
-        env = dict(os.environ)
-        env.update(order.get("env", {}))
+        env = {**self.environ, **order.get("env", {})}
         actions = [_NULL_IN,
                    (os.POSIX_SPAWN_OPEN, 1, os.path.join(internal, "stdout"), _OUTPUT, 0o644),
                    (os.POSIX_SPAWN_OPEN, 2, os.path.join(internal, "stderr"), _OUTPUT, 0o644)]
@@ -192,7 +206,7 @@ class Keeper:
                 ident, cwd, direct = self.runs.pop(pid, (None, None, False))
             if direct:  # its folder may be gone, or the disk full: it is lost, not the keeper
                 with contextlib.suppress(OSError):
-                    _write(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
+                    write_bytes(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             try:

@@ -23,7 +23,7 @@ from typing import Iterable
 import attrs
 
 from liborchestra.journal import Journal, Row
-from liborchestra.node_agent import write_bytes
+from liborchestra.node_keeper import write_bytes
 from liborchestra.sched import find_features
 
 RECORD_FILE = "runaway.json"
