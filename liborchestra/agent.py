@@ -92,13 +92,9 @@ class Agents:
         """Hand finished run folders to `shell`'s agent (it keeps them to hold later runs);
         False when no agent runs there now."""
         client = self._clients.get(shell)
-        pipe = None if client is None else client.pipe
-        if pipe is None:
+        if client is None or client.pipe is None:
             return False
-        try:
-            pipe.write(json.dumps({"op": "discard", "dirs": dirs}).encode() + b"\n")
-        except ConnectionLostError:
-            return False
+        client.send({"op": "discard", "dirs": dirs})
         return True
 
 
@@ -114,6 +110,32 @@ class _Client:
         self._deaths: list[float] = []
         self._unreachable: SSHError | None = None  # why the last start could not reach the node
         self.direct = False  # the agent runs scripts without a wrapper
+        self._frames: list[bytes] = []  # written at the end of this turn of the event loop
+        self._sent: list[str] = []  # the ids of the runs among them
+
+    def send(self, frame: dict) -> None:
+        """Queue a frame for the agent. The frames of one turn of the event loop leave in one
+        write: each write is an SSH packet (two, with the countermeasure packet asyncssh
+        puts before each; four through a ProxyJump), and most of the driver's cost per run."""
+        if not self._frames:
+            asyncio.get_running_loop().call_later(0.002, self._flush)
+        self._frames.append(json.dumps(frame).encode() + b"\n")
+        if frame.get("op") == "run":
+            self._sent.append(frame["id"])
+
+    def _flush(self) -> None:
+        frames, self._frames = b"".join(self._frames), []
+        sent, self._sent = self._sent, []
+        try:
+            if self.pipe is None:
+                raise ConnectionLostError("its channel is closed")
+            self.pipe.write(frames)
+        except ConnectionLostError as error:
+            lost = AgentLost(f"{self.shell.name}: node agent unreachable: {error}")
+            for ident in sent:
+                future = self._pending.get(ident)
+                if future is not None and not future.done():
+                    future.set_exception(lost)
 
     async def run(self, build: Callable[[bool], dict]) -> ResultSink | Record | None:
         pipe = await self._up()
@@ -123,10 +145,8 @@ class _Client:
         future: asyncio.Future[ResultSink | Record] = asyncio.get_running_loop().create_future()
         self._pending[order["id"]] = future
         try:
-            pipe.write(json.dumps(order).encode() + b"\n")
+            self.send(order)
             return await future
-        except ConnectionLostError as error:
-            raise AgentLost(f"{self.shell.name}: node agent unreachable: {error}") from None
         finally:
             self._pending.pop(order["id"], None)
 

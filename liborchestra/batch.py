@@ -77,13 +77,14 @@ class SweepSource(Source):
 
     def execution(self, row: Row, run_id: str) -> Execution:
         s = self.settings
-        if self.journal is not None:
-            current = self.journal.get(row.seq)  # `row` may predate the last attempt
+        output = s.output / row.uuid
+        # A row never run has no attempt to keep; else `row` may predate the last attempt.
+        if self.journal is not None and (row.run is not None or run_id != row.uuid):
+            current = self.journal.get(row.seq)
             if run_id != current.run:  # a new attempt, not a recovery of the current one
-                keep_attempt(self.journal, current, s.output / row.uuid)
+                keep_attempt(self.journal, current, output)
         return Execution(script=s.script, args=row.argv, code=s.code, uuid=run_id,
-                         output=s.output / row.uuid, duration=s.duration, env=s.env,
-                         ship=s.ship)
+                         output=output, duration=s.duration, env=s.env, ship=s.ship)
 
     async def done(self, row: Row, result: Result) -> float | None:
         folder = result.output
@@ -101,7 +102,7 @@ class SweepSource(Source):
         if status is not None:
             payload["post"] = status
         if self.journal is not None and payload != row.payload:
-            self.journal.update_payload(row.seq, payload)
+            self.journal.update_payload(row.seq, payload, commit=False)  # with `recorded`
         if present:
             write_record(folder, record(row, script=str(self.settings.script),
                                         post=status, attempt_history=payload.get("history", [])))

@@ -248,6 +248,7 @@ class Driver:
             while not self.draining and (limit is None or count < limit):
                 room = self._window() - self._inflight
                 if room <= 0:
+                    self.journal.commit()  # the `started` of runs still waiting for a slot
                     await self._changed_or(1.0)
                     continue
                 if limit is not None:
@@ -295,7 +296,7 @@ class Driver:
             while True:
                 run_id = row.uuid if attempts == 0 else f"{row.uuid}.{attempts}"
                 execution = self.source.execution(row, run_id)
-                self.journal.started(row.seq, run_id)
+                self.journal.started(row.seq, run_id, commit=False)  # placing commits it
                 attempts += 1
                 self._running[run_id] = row
                 try:
@@ -334,11 +335,11 @@ class Driver:
     async def _record(self, row: Row, result: Result) -> None:
         """Final state first (not yet recorded), then the tool's record, then `recorded`."""
         state = result.state if result.state.final else State.LOST
-        self.journal.finished(row.seq, state.value, result.ecode, result.message,
-                              lost=state is State.LOST, recorded=False)
+        fresh = self.journal.finished(row.seq, state.value, result.ecode, result.message,
+                                      lost=state is State.LOST, recorded=False)
         value = None
         try:
-            value = await self.source.done(self.journal.get(row.seq), result)
+            value = await self.source.done(fresh, result)
         except Exception as error:  # a broken record must not take the other executions down
             log.exception("recording %s failed", row.uuid)
             self.engine.emit(RecordFailed(row.uuid, f"{type(error).__name__}: {error}"))  # type: ignore[arg-type]

@@ -3,13 +3,15 @@ its driver only.
 
 Every execution has one row, in the order it was decided: its arguments, a JSON payload that
 belongs to the tool that decided it, its state, attempts, where it ran (node, slot, allocation)
-and how it ended. The `submitted` transition is committed *before* the execution is handed to
-the engine, with the run id, and `running` once it is placed, so after a crash (even SIGKILL)
+and how it ended. `submitted` (with the run id) and `running` (where it is placed) are committed
+together once it is placed, *before* it can start on a node, so after a crash (even SIGKILL)
 `--resume` knows what was in flight and where, and can recover a result that finished remotely
-instead of running it again. A final state is committed before the tool records the result
-(`recorded` = 0) and marked recorded after: a result whose recording a crash interrupted is
-recorded again on resume. WAL mode with synchronous=NORMAL: a commit survives the death of the
-process, and costs microseconds.
+instead of running it again; a run that was submitted and never placed simply runs. A final
+state is committed before the tool records the result (`recorded` = 0) and marked recorded
+after, with the payload the tool wrote meanwhile: a result whose recording a crash interrupted
+is recorded again on resume. WAL mode with synchronous=NORMAL: a commit survives the death of
+the process. Writes that can wait (`commit=False`) join the next commit: each commit is most of
+a write's cost, and a driver makes several per execution.
 
 The driver holds an OS lock on `<journal>.lock` for its whole life (`lease`): two drivers of
 one journal cannot both run, and a driver killed by SIGKILL leaves no stale lock.
@@ -207,16 +209,21 @@ class Journal:
 
     def _rows(self, where: str, args: tuple) -> list[Row]:
         query = f"SELECT {_COLUMNS} FROM executions {where}"
-        return [Row(r[0], r[1], tuple(json.loads(r[2])), *r[3:12], json.loads(r[12] or "{}"),
-                    *r[13:]) for r in self.db.execute(query, args)]
+        return [_row(r) for r in self.db.execute(query, args)]
 
-    def started(self, seq: int, run: str) -> None:
-        """Handed to the engine as run `run` (committed before it can start anywhere)."""
-        with self.db:
-            self.db.execute("UPDATE executions SET state = ?, run = ?, started = ?, "
-                            "node = NULL, slot = NULL, allocation = NULL, "
-                            "attempts = attempts + 1 WHERE seq = ?",
-                            (State.SUBMITTED.value, run, time.time(), seq))
+    def commit(self) -> None:
+        """Commit the writes made with `commit=False` (nothing when there are none)."""
+        self.db.commit()
+
+    def started(self, seq: int, run: str, commit: bool = True) -> None:
+        """Handed to the engine as run `run`. A driver need not commit it: `placed` does,
+        before the run can start anywhere."""
+        self.db.execute("UPDATE executions SET state = ?, run = ?, started = ?, "
+                        "node = NULL, slot = NULL, allocation = NULL, "
+                        "attempts = attempts + 1 WHERE seq = ?",
+                        (State.SUBMITTED.value, run, time.time(), seq))
+        if commit:
+            self.db.commit()
 
     def placed(self, seq: int, node: str, slot: str, allocation: str | None = None,
                digest: str | None = None) -> None:
@@ -226,12 +233,17 @@ class Journal:
                             (State.RUNNING.value, node, slot, allocation, digest, seq))
 
     def finished(self, seq: int, state: str, ecode: int | None, message: str = "",
-                 lost: bool = False, recorded: bool = True, value: float | None = None) -> None:
+                 lost: bool = False, recorded: bool = True, value: float | None = None) -> Row:
+        """The current run ended (committed); returns the row as it is now."""
         with self.db:
-            self.db.execute(
+            rows = self.db.execute(
                 "UPDATE executions SET state = ?, ecode = ?, message = ?, finished = ?, "
-                "lost = lost + ?, recorded = ?, value = ? WHERE seq = ?",
-                (state, ecode, message, time.time(), int(lost), int(recorded), value, seq))
+                f"lost = lost + ?, recorded = ?, value = ? WHERE seq = ? RETURNING {_COLUMNS}",
+                (state, ecode, message, time.time(), int(lost), int(recorded), value,
+                 seq)).fetchall()
+        if not rows:
+            raise JournalError(f"{self.path}: no execution #{seq}")
+        return _row(rows[0])
 
     def recorded(self, seq: int, value: float | None = None) -> None:
         """The tool recorded the final result of `seq` (and its objective value, if any)."""
@@ -239,10 +251,11 @@ class Journal:
             self.db.execute("UPDATE executions SET recorded = 1, value = ? WHERE seq = ?",
                             (value, seq))
 
-    def update_payload(self, seq: int, payload: dict) -> None:
-        with self.db:
-            self.db.execute("UPDATE executions SET payload = ? WHERE seq = ?",
-                            (json.dumps(payload), seq))
+    def update_payload(self, seq: int, payload: dict, commit: bool = True) -> None:
+        self.db.execute("UPDATE executions SET payload = ? WHERE seq = ?",
+                        (json.dumps(payload), seq))
+        if commit:
+            self.db.commit()
 
     def requeue(self, states: Iterable[str]) -> int:
         """Put executions in these states back in the queue (retry); returns how many."""
@@ -272,6 +285,10 @@ class Journal:
     def live_allocations(self) -> list[str]:
         return [r[0] for r in self.db.execute(
             "SELECT id FROM allocations WHERE state = 'granted'")]
+
+
+def _row(r: tuple) -> Row:
+    return Row(r[0], r[1], tuple(json.loads(r[2])), *r[3:12], json.loads(r[12] or "{}"), *r[13:])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

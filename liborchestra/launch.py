@@ -28,6 +28,7 @@ from liborchestra.shell import Shell
 from liborchestra.slots import Slot
 from liborchestra.transfer import (
     INTERNAL,
+    OUTPUT_MARKER,
     CodeArchive,
     IgnoreRules,
     ResultSink,
@@ -66,6 +67,7 @@ class Launcher:
         self.code_missing: Callable[[str, str], None] = lambda filesystem, digest: None
         self._trash: dict[Shell, list[str]] = {}
         self._scripts: dict[tuple, _Prepared] = {}
+        self._marked: set[str] = set()  # folders known to hold the results marker
 
     def _prepared(self, execution: Execution) -> _Prepared:
         """What every execution of one script shares, worked out once per engine (the code
@@ -84,6 +86,22 @@ class Launcher:
                 script=execution.script.resolve().relative_to(code).as_posix(), runner=runner)
             self._scripts[key] = prepared
         return prepared
+
+    def _mark(self, output: Path) -> None:
+        """Mark an output folder as results (not when it holds the user's own files): in a
+        folder already marked (a batch's), making it is enough, and its parent is looked at
+        once per engine."""
+        parent = os.path.dirname(output)
+        if parent in self._marked:
+            try:
+                os.mkdir(output)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # the batch's folder was removed meanwhile
+                os.makedirs(output, exist_ok=True)
+            return
+        if mark_output(output) and os.path.isfile(os.path.join(parent, OUTPUT_MARKER)):
+            self._marked.add(parent)
 
     def run_dir(self, execution: Execution) -> str:
         return _run_dir(self.settings.root, execution.uuid)
@@ -130,7 +148,7 @@ class Launcher:
                sink: ResultSink | Record) -> dict[str, bytes]:
         """Unpack fetched results into the output folder, then queue the run folder's removal."""
         if execution.output is not None:
-            mark_output(execution.output)  # not when it holds the user's own files
+            self._mark(execution.output)
         record = sink.unpack(execution.output)
         if execution.output is not None:
             folder = str(execution.output)

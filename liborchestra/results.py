@@ -79,10 +79,10 @@ class Metrics:
 
 def read_metrics(folder: Path) -> Metrics:
     """The objective and metrics of a fetched execution folder (empty when it has none)."""
-    results = folder / RESULTS_FILE
-    if results.is_file():
+    text = _text(os.path.join(folder, RESULTS_FILE))  # opened, not looked at first: once
+    if text is not None:  # per execution, and most folders have no such file
         try:
-            data = json.loads(results.read_text(errors="replace"))
+            data = json.loads(text)
         except ValueError as error:
             return Metrics(problem=f"{RESULTS_FILE} is not JSON: {error}")
         if not isinstance(data, dict):
@@ -92,15 +92,22 @@ def read_metrics(folder: Path) -> Metrics:
             if isinstance(raw, dict) else {}
         objective = data.get("objective")
         return Metrics(float(objective) if _number(objective) else None, values)
-    stdout = folder / "stdout"
     try:
-        features = find_features(folder, stdout.read_text(errors="replace")
-                                 if stdout.is_file() else "")
+        features = find_features(folder, _text(os.path.join(folder, "stdout")) or "")
     except ValueError as error:
         return Metrics(problem=f"RUNAWAY_FEATURES: {error}")
     if not features:
         return Metrics()
     return Metrics(features[0], {f"feature_{i}": v for i, v in enumerate(features[1:], 1)})
+
+
+def _text(path: str) -> str | None:
+    """A file's text; None when there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
 
 
 def _number(value: object) -> bool:
@@ -185,10 +192,23 @@ def record(row: Row, **extra: object) -> dict:
 
 def write_record(folder: Path, data: dict) -> None:
     """Write `folder/runaway.json` atomically (a crash never leaves half a record)."""
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = os.path.join(folder, f".{RECORD_FILE}.tmp")  # one writer per folder: the driver
-    write_bytes(tmp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    try:
+        write_bytes(tmp, _record_text(data))
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_bytes(tmp, _record_text(data))
     os.replace(tmp, os.path.join(folder, RECORD_FILE))
+
+
+_VALUE = json.JSONEncoder(sort_keys=True)
+
+
+def _record_text(data: dict) -> bytes:
+    """One key a line, each value compact: as easy to read as an indented dump, and written
+    by the C encoder (an indented dump is not: several times the cost, once per execution)."""
+    lines = [f" {json.dumps(key)}: {_VALUE.encode(data[key])}" for key in sorted(data)]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
 __all__ = ["Metrics", "RECORD_FILE", "ResultRow", "parse_parameters", "read_metrics", "record",

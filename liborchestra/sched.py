@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shlex
 import uuid as uuidlib
 from collections.abc import AsyncIterator
@@ -69,8 +70,11 @@ def parse_features(text: str) -> tuple[float, ...]:
 
 def find_features(folder: Path, stdout: str) -> tuple[float, ...]:
     """The `features` file of a fetched run folder, else the last RUNAWAY_FEATURES: line."""
-    if (folder / "features").is_file():
-        return parse_features((folder / "features").read_text(errors="replace"))
+    try:  # opened, not looked at first: this runs once per execution
+        with open(os.path.join(folder, "features"), "rb") as f:
+            return parse_features(f.read().decode(errors="replace"))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        pass
     lines = [line.strip() for line in stdout.splitlines()
              if line.strip().startswith(FEATURES_PREFIX)]
     return parse_features(lines[-1][len(FEATURES_PREFIX):]) if lines else ()

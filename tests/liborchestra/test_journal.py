@@ -1,0 +1,75 @@
+"""The journal's commits, as another process (a `runaway status`, the web page) sees them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from liborchestra.journal import Journal
+from liborchestra.results import write_record
+
+
+def _states(path) -> dict[int, tuple]:
+    """The committed rows, read over a connection of their own."""
+    with sqlite3.connect(path) as other:
+        return {seq: (state, run, payload) for seq, state, run, payload in
+                other.execute("SELECT seq, state, run, payload FROM executions")}
+
+
+def _journal(tmp_path, n: int = 2) -> Journal:
+    journal = Journal.create(tmp_path / "b" / "journal.sqlite", {})
+    journal.add((f"u{i}", (f"--x={i}",), f"x {i}") for i in range(n))
+    return journal
+
+
+def test_a_started_run_is_committed_with_its_placement(tmp_path):
+    journal = _journal(tmp_path)
+    journal.started(1, "u0", commit=False)
+    assert journal.get(1).state == "submitted"  # this connection sees its own write
+    assert _states(journal.path)[1][:2] == ("queued", None)  # others do not, yet
+    journal.placed(1, "node1", "0")
+    assert _states(journal.path)[1][:2] == ("running", "u0")
+
+
+def test_commit_makes_waiting_writes_visible(tmp_path):
+    journal = _journal(tmp_path)
+    journal.started(1, "u0", commit=False)
+    journal.started(2, "u1", commit=False)
+    journal.commit()
+    assert [v[:2] for v in _states(journal.path).values()] == [("submitted", "u0"),
+                                                               ("submitted", "u1")]
+    journal.commit()  # nothing waiting: no error
+
+
+def test_finished_returns_the_row_as_it_is_now(tmp_path):
+    journal = _journal(tmp_path)
+    journal.started(1, "u0")
+    journal.placed(1, "node1", "3", "job7", "d" * 64)
+    row = journal.finished(1, "failed", 2, "boom", recorded=False)
+    assert (row.seq, row.state, row.ecode, row.message, row.node, row.slot, row.allocation,
+            row.run, row.attempts) == (1, "failed", 2, "boom", "node1", "3", "job7", "u0", 1)
+    assert row.finished is not None and row.started is not None
+    assert row.argv == ("--x=0",)
+    assert journal.unrecorded() == [row]
+
+
+def test_a_payload_written_while_recording_is_committed_with_recorded(tmp_path):
+    journal = _journal(tmp_path)
+    journal.finished(1, "completed", 0, recorded=False)
+    journal.update_payload(1, {"objective": 1.5}, commit=False)
+    assert json.loads(_states(journal.path)[1][2]) == {}
+    journal.recorded(1, 1.5)
+    assert json.loads(_states(journal.path)[1][2]) == {"objective": 1.5}
+    assert journal.unrecorded() == []
+
+
+def test_a_record_file_is_one_key_a_line(tmp_path):
+    data = {"uuid": "u", "arguments": ["--lr", "0.1"], "parameters": {"lr": 0.1, "b": "é"},
+            "ecode": None, "started": 1.5}
+    write_record(tmp_path / "new" / "folder", data)  # made when missing
+    text = (tmp_path / "new" / "folder" / "runaway.json").read_text()
+    assert json.loads(text) == data
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and len(lines) == len(data) + 2
+    assert lines[1] == ' "arguments": ["--lr", "0.1"],'  # keys sorted, values compact
+    assert lines[3] == ' "parameters": {"b": "\\u00e9", "lr": 0.1},'  # sorted inside too
