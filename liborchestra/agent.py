@@ -81,7 +81,8 @@ class Agents:
         has no agent (use the shell wrapper). `order(direct)` makes the order: `direct` when
         the agent runs the script itself, without a wrapper. Raises AgentLost, or
         LaunchError for a run folder the agent could not prepare."""
-        await self._serving.wait()
+        if not self._serving.is_set():  # waiting on a set event still costs a turn of the loop
+            await self._serving.wait()
         client = self._clients.get(shell)
         if client is None:
             client = self._clients[shell] = _Client(shell, self.root, self.python, self.emit,

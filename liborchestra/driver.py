@@ -300,7 +300,7 @@ class Driver:
                 attempts += 1
                 self._running[run_id] = row
                 try:
-                    result = await self.engine.submit(execution)
+                    result = await self.engine.run(execution)
                 finally:
                     self._running.pop(run_id, None)
                 if result.state is State.CANCELLED and self.draining:

@@ -158,25 +158,34 @@ class Engine:
         of the script or the infrastructure: those are states of the Result). With a
         `ticket`, engines of several clusters compete for it: it runs where a slot frees
         first (see liborchestra.federation); an engine that loses says nothing."""
+        self._admit(execution)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        scope = anyio.CancelScope()
+        future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
+        assert self._tg is not None
+        self._tg.start_soon(self._execute, execution, future, scope, ticket)
+        return future
+
+    async def run(self, execution: Execution) -> Result:
+        """`await submit(execution)`, run in the caller's own task: no task and no future of
+        its own (a driver runs thousands). Cancelling the caller cancels the execution."""
+        self._admit(execution)
+        result = await self._execute(execution, None, anyio.CancelScope(), None)
+        assert result is not None  # None only when cancelled, and then this raised
+        return result
+
+    def _admit(self, execution: Execution) -> None:
         if self._tg is None:
             raise RuntimeError("use the engine inside `async with`")
         if execution.script not in self._runnable:
             check_runnable(execution.script)
             self._runnable.add(execution.script)
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        scope = anyio.CancelScope()
-        future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
         if self._pending == 0:
             self._idle = anyio.Event()
         self._pending += 1
-        self._tg.start_soon(self._execute, execution, future, scope, ticket)
-        return future
 
-    async def run(self, execution: Execution) -> Result:
-        return await self.submit(execution)
-
-    async def _execute(self, execution: Execution, future: asyncio.Future[Result],
-                       scope: anyio.CancelScope, ticket: Ticket | None) -> None:
+    async def _execute(self, execution: Execution, future: asyncio.Future[Result] | None,
+                       scope: anyio.CancelScope, ticket: Ticket | None) -> Result | None:
         result: Result | None = None
         running = _Running(scope)
         asked, scratch = execution, None
@@ -209,10 +218,11 @@ class Engine:
             if result is not None:
                 if ticket is None or ticket.winner is self:
                     self.emit(events.ExecutionFinished(result))
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_result(result)
-            elif not future.done():
+            elif future is not None and not future.done():
                 future.cancel()
+        return result
 
     async def _place(self, execution: Execution, running: _Running,
                      ticket: Ticket | None = None) -> Result | None:
@@ -252,8 +262,7 @@ class Engine:
             return result
         finally:
             on_allocation.remove(running)
-            with anyio.CancelScope(shield=True):
-                await self.slots.release(slot)
+            self.slots.give_back(slot)
 
     def drain(self) -> None:
         """Start nothing new: executions still waiting for a slot end CANCELLED (not started);
@@ -273,6 +282,9 @@ class Engine:
     async def _archive(self, folder: Path,
                        ship: tuple[tuple[str, Path], ...] = ()) -> CodeArchive:
         key = (folder, ship)
+        built = self._archives.get(key)
+        if isinstance(built, CodeArchive):  # built already: no lock, and no turn of the loop
+            return built  # that taking one costs
         async with self._archive_lock:
             if key not in self._archives:
                 try:
@@ -330,7 +342,7 @@ class Engine:
         shell = self.node_shell(node, allocation)
         result = await self.launcher.recover(shell, execution, node, slot)
         if result is not None:
-            result = _wall_clock(result)
+            result = attrs.evolve(result, **_epoch(result))
             self.emit(events.ExecutionFinished(result))
         return result
 
@@ -370,18 +382,17 @@ def _finished(result: Result, asked: Execution) -> Result:
     out, err = result.stdout, result.stderr
     if result.ecode is None and folder is not None:  # no record came back: what is there
         out, err = tail(folder / "stdout"), tail(folder / "stderr")
-    return attrs.evolve(_wall_clock(result), execution=asked,
+    return attrs.evolve(result, execution=asked,
                         output=asked.output if result.output is not None else None,
-                        stdout=out, stderr=err)
+                        stdout=out, stderr=err, **_epoch(result))
 
 
-def _wall_clock(result: Result) -> Result:
+def _epoch(result: Result) -> dict[str, float | None]:
     """The launcher times runs on the event loop's (monotonic) clock; everything people and
     journals read is in epoch seconds."""
     offset = time.time() - anyio.current_time()
-    return attrs.evolve(
-        result, started=None if result.started is None else result.started + offset,
-        finished=None if result.finished is None else result.finished + offset)
+    return {"started": None if result.started is None else result.started + offset,
+            "finished": None if result.finished is None else result.finished + offset}
 
 
 @attrs.define(eq=False)

@@ -149,7 +149,7 @@ class SlotPool:
                 waiter.queued = False
                 self._waiters.remove(waiter)
             if waiter.slot is not None:  # handed a slot, then cancelled before it resumed
-                self._give_back(waiter.slot)
+                self.give_back(waiter.slot)
 
     def _take(self, slot: Slot) -> Slot:
         self._free.remove(slot)
@@ -189,11 +189,12 @@ class SlotPool:
         ends = [until - now for until in self._quarantine.values() if until > now]
         return min(ends, default=float("inf"))
 
-    def _give_back(self, slot: Slot) -> None:
+    def give_back(self, slot: Slot) -> None:
+        """`release`, from code that must not wait (a `finally` of a cancelled task)."""
         self._busy[slot.node.name] = max(0, self._busy.get(slot.node.name, 1) - 1)
         if slot.allocation.id in self._live:
             self._free.append(slot)
         self._hand_over()
 
     async def release(self, slot: Slot) -> None:
-        self._give_back(slot)
+        self.give_back(slot)
