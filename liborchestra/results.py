@@ -201,14 +201,8 @@ def write_record(folder: Path, data: dict) -> None:
     os.replace(tmp, os.path.join(folder, RECORD_FILE))
 
 
-_VALUE = json.JSONEncoder(sort_keys=True)
-
-
 def _record_text(data: dict) -> bytes:
-    """One key a line, each value compact: as easy to read as an indented dump, and written
-    by the C encoder (an indented dump is not: several times the cost, once per execution)."""
-    lines = [f" {json.dumps(key)}: {_VALUE.encode(data[key])}" for key in sorted(data)]
-    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
 
 
 __all__ = ["Metrics", "RECORD_FILE", "ResultRow", "parse_parameters", "read_metrics", "record",
