@@ -26,7 +26,6 @@ size > 0 (the newline because `srun` holds a partial line back until one comes).
                    "script", "node", "digest": run argv itself, no wrapper};
                    {"op": "discard", "dirs": [run folders whose results the driver holds]}
   agent -> driver  {"op": "hello", "protocol", "python", "pid", "direct"} once at start;
-                   {"op": "started", "id", "pid"};
                    {"op": "failed", "id", "message", "code_missing": bool};
                    {"op": "lost", "id", "message"}: its keeper died, the driver reattaches;
                    {"op": "done", "id", "size"} followed by a tar of the results, or
@@ -53,15 +52,15 @@ import threading
 
 if __package__:  # imported by the driver
     from liborchestra.node_keeper import Handle as KeeperHandle
-    from liborchestra.node_keeper import script_fd, write_bytes
+    from liborchestra.node_keeper import script_fd, write_bytes, write_in_place
     from liborchestra.node_spares import SPARES, Spares
 else:  # run on a node, from the folder it was shipped in with its siblings
     sys.dont_write_bytecode = True  # nothing written next to them
     from node_keeper import Handle as KeeperHandle
-    from node_keeper import script_fd, write_bytes
+    from node_keeper import script_fd, write_bytes, write_in_place
     from node_spares import SPARES, Spares
 
-PROTOCOL = 4
+PROTOCOL = 5
 INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
 _COPY = 1 << 20
 INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
@@ -124,8 +123,11 @@ def _small_record(run: str, files: list[str]) -> dict | None:
         return None
     record, size = {}, 0
     for rel in files:
-        with open(os.path.join(run, rel), "rb") as f:
-            data = f.read(INLINE + 1)
+        fd = os.open(os.path.join(run, rel), os.O_RDONLY | os.O_CLOEXEC)  # not open(): it
+        try:  # asks whether the file is a terminal and where it stands, for every file
+            data = os.read(fd, INLINE + 1)
+        finally:
+            os.close(fd)
         size += len(data)
         if size > INLINE:
             return None
@@ -315,7 +317,6 @@ class Agent:
             return
         if wait is None:
             return  # the keeper runs it, and says when it ended
-        self.send({"op": "started", "id": ident, "pid": pid})
         threading.Thread(target=self.finish, daemon=True,
                          args=(ident, run, wait, pid, size, order.get("ignore", []))).start()
 
@@ -342,8 +343,8 @@ class Agent:
         size = None if code is None else (code.size, archive)
         if self.keeper_path:
             if "argv" in order:
-                _write(os.path.join(internal, "node"), order["node"] + "\n")
-                _write(os.path.join(internal, "digest"), order["digest"] + "\n")
+                write_in_place(os.path.join(internal, "node"), order["node"].encode() + b"\n")
+                write_in_place(os.path.join(internal, "digest"), order["digest"].encode() + b"\n")
                 known = {"RUNAWAY_PATH": _expand(order["root"]), "RUNAWAY_PWD": run,
                          "RUNAWAY_SCRIPT_PATH": os.path.join(run, order["script"])}
                 env = {"PWD": run}

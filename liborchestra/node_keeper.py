@@ -57,6 +57,29 @@ def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
         os.close(fd)
 
 
+NEXT = ".next"  # a record file's spare: kept, blocks and all, to be written in place
+
+
+def write_in_place(path: str, data: bytes) -> None:
+    """Write a whole small file over the old one's blocks. Truncating a file and writing it
+    again frees its block and takes another: 110-130 us of CPU on the test machine's disk,
+    against 16 in place, for each of several files per execution."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def publish(path: str, data: bytes) -> None:
+    """A record file (pid, ecode) appears whole, at once: written into `<path>.next`, the
+    spare a reused run folder keeps of it, then renamed (45 us, against 110-130 to truncate
+    and rewrite it)."""
+    write_in_place(path + NEXT, data)
+    os.replace(path + NEXT, path)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -149,16 +172,14 @@ class Keeper:
                     with contextlib.suppress(OSError):
                         write_bytes(os.path.join(internal, "stderr"),
                                f"runaway: {order.get('argv', ['bash'])[0]}: {why}\n".encode())
-                        write_bytes(os.path.join(internal, "ecode"), f"{code}\n".encode())
+                        publish(os.path.join(internal, "ecode"), f"{code}\n".encode())
             else:
                 self.runs[pid] = (ident, cwd, direct)
                 with contextlib.suppress(OSError):  # before its ecode: the reaper waits
-                    write_bytes(os.path.join(internal, "pid"), f"{pid}\n".encode())
+                    publish(os.path.join(internal, "pid"), f"{pid}\n".encode())
                 self.changed.notify_all()
         if not pid:
             self.report({"id": ident, "status": -1, "alone": True})
-            return
-        self.report({"id": ident, "pid": pid})
 
     def _spawn(self, order: dict, internal: str) -> int:
         env = {**self.environ, **order.get("env", {})}
@@ -206,7 +227,7 @@ class Keeper:
                 ident, cwd, direct = self.runs.pop(pid, (None, None, False))
             if direct:  # its folder may be gone, or the disk full: it is lost, not the keeper
                 with contextlib.suppress(OSError):
-                    write_bytes(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
+                    publish(os.path.join(cwd, INTERNAL, "ecode"), f"{_code(ended)}\n".encode())
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             try:
@@ -264,9 +285,6 @@ class Handle:
         for line in reports:
             report = json.loads(line)
             ident = report["id"]
-            if "pid" in report:
-                self.send({"op": "started", "id": ident, "pid": report["pid"]})
-                continue
             with self.lock:
                 watched = self.pending.pop(ident, None)
             if watched is not None:

@@ -10,10 +10,17 @@ import shutil
 import socket
 import stat
 
+if __package__:  # imported by the driver
+    from liborchestra.node_keeper import NEXT
+else:  # run on a node, from the folder it was shipped in with its siblings
+    from node_keeper import NEXT
+
 SPARES = 256  # finished run folders one agent keeps to hold later runs, at most
 SPARE_BYTES = 256 << 20  # bytes of code in them, at most
-RECORDS = ("pid", "ecode", "node", "digest")  # emptied in a spare folder (readers wait for
-# them to be non-empty); stdout and stderr are rewritten when the folder is taken
+RECORDS = ("pid", "ecode")  # gone from a spare folder (readers wait for them), renamed to
+# their spares (`pid.next`...), which the next run writes in place and renames back
+KEPT = ("stdout", "stderr", "node", "digest") + tuple(name + NEXT for name in RECORDS)
+# (rewritten when the folder is taken: kept, their blocks are written over, not freed)
 
 
 class Spares:
@@ -87,10 +94,12 @@ def _clear(folder: str, internal: str, files: dict, rel: str, intact: set) -> No
         for entry in entries:
             name = entry.name if not rel else rel + "/" + entry.name
             if name == internal:
-                for record in os.scandir(entry.path):
+                with os.scandir(entry.path) as found:
+                    records = list(found)
+                for record in records:
                     if record.name in RECORDS:
-                        os.truncate(record.path, 0)
-                    elif record.name not in ("stdout", "stderr"):
+                        os.replace(record.path, record.path + NEXT)
+                    elif record.name not in KEPT:
                         _remove(record)
                 continue
             kind, mode, size, mtime = files.get(name, ("", 0, 0, 0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from liborchestra.node_spares import Spares
@@ -100,3 +101,26 @@ def test_a_spare_never_writes_through_a_hard_link_a_run_made(tmp_path):
     assert spares.take(run, "archive-a", files) == frozenset()  # unlinked, not kept in place
     assert users.read_text() == "mine\n" and not Path(run, "code.txt").exists()
     spares.close()
+
+
+def test_a_reused_folder_has_no_exit_code_and_writes_its_records_over_the_old_ones(tmp_path):
+    """A run in a reused folder finds no pid and no exit code of the run before (readers take
+    one as the run's end), while their files are kept aside and written over, not freed and
+    made again: the exit code of each run is the same file."""
+    script = write_script(tmp_path / "code", "job.sh", """\
+        #!/usr/bin/env bash
+        test -e .orchestra/ecode && echo "stale exit code"
+        echo "$(stat -c %i .orchestra/ecode.next 2>/dev/null || echo none)" \\
+            "$(stat -c %i .orchestra/node .orchestra/digest | tr '\\n' ' ')" > inodes
+        sleep 0.2
+        """)
+    folders = _batch(tmp_path, script, "records", 8)
+    seen = [(f / "inodes").read_text().split() for f in folders]
+    assert all((f / "stdout").read_text() == "" for f in folders)
+    assert all((f / "ecode").read_text() == "0\n" for f in folders)
+    reused = [s for s in seen if s[0] != "none"]  # [ecode.next, node, digest] inodes
+    assert len(reused) >= 3, seen  # most took a spare (removals run about once a second)
+    made = Counter((node, digest) for _, node, digest in seen)
+    assert all(made[node, digest] >= 2 for _, node, digest in reused), seen  # a run's before
+    assert len({(node, ecode) for ecode, node, _ in reused}) == \
+        len({node for _, node, _ in reused}), seen  # each folder's one exit-code file
