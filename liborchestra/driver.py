@@ -300,7 +300,8 @@ class Driver:
                 attempts += 1
                 self._running[run_id] = row
                 try:
-                    result = await self.engine.run(execution)
+                    result = await self.engine.submit(execution)  # its own task: a cancel
+                    # is journaled at once, not after the kill's grace
                 finally:
                     self._running.pop(run_id, None)
                 if result.state is State.CANCELLED and self.draining:

@@ -158,34 +158,25 @@ class Engine:
         of the script or the infrastructure: those are states of the Result). With a
         `ticket`, engines of several clusters compete for it: it runs where a slot frees
         first (see liborchestra.federation); an engine that loses says nothing."""
-        self._admit(execution)
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        scope = anyio.CancelScope()
-        future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
-        assert self._tg is not None
-        self._tg.start_soon(self._execute, execution, future, scope, ticket)
-        return future
-
-    async def run(self, execution: Execution) -> Result:
-        """`await submit(execution)`, run in the caller's own task: no task and no future of
-        its own (a driver runs thousands). Cancelling the caller cancels the execution."""
-        self._admit(execution)
-        result = await self._execute(execution, None, anyio.CancelScope(), None)
-        assert result is not None  # None only when cancelled, and then this raised
-        return result
-
-    def _admit(self, execution: Execution) -> None:
         if self._tg is None:
             raise RuntimeError("use the engine inside `async with`")
         if execution.script not in self._runnable:
             check_runnable(execution.script)
             self._runnable.add(execution.script)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        scope = anyio.CancelScope()
+        future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
         if self._pending == 0:
             self._idle = anyio.Event()
         self._pending += 1
+        self._tg.start_soon(self._execute, execution, future, scope, ticket)
+        return future
 
-    async def _execute(self, execution: Execution, future: asyncio.Future[Result] | None,
-                       scope: anyio.CancelScope, ticket: Ticket | None) -> Result | None:
+    async def run(self, execution: Execution) -> Result:
+        return await self.submit(execution)
+
+    async def _execute(self, execution: Execution, future: asyncio.Future[Result],
+                       scope: anyio.CancelScope, ticket: Ticket | None) -> None:
         result: Result | None = None
         running = _Running(scope)
         asked, scratch = execution, None
@@ -218,11 +209,10 @@ class Engine:
             if result is not None:
                 if ticket is None or ticket.winner is self:
                     self.emit(events.ExecutionFinished(result))
-                if future is not None and not future.done():
+                if not future.done():
                     future.set_result(result)
-            elif future is not None and not future.done():
+            elif not future.done():
                 future.cancel()
-        return result
 
     async def _place(self, execution: Execution, running: _Running,
                      ticket: Ticket | None = None) -> Result | None:

@@ -288,6 +288,7 @@ class Agent:
         self.keeper_path = keeper if keeper and KeeperHandle.usable() else ""
         self.keeper: KeeperHandle | None = None
         self.lock = threading.Lock()
+        self.holding = 0  # frames are held back (see `held`)
         self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
         self.spares = Spares(INTERNAL)
         self.ended: dict = {}  # run folder -> (bytes of code, archive), for runs wholly gone
@@ -305,7 +306,24 @@ class Agent:
                 size -= len(chunk)
             if header["size"]:
                 self.out.write(b"\n")  # srun forwards a partial last line only at a newline
-            self.out.flush()
+            if not self.holding:
+                self.out.flush()
+
+    @contextlib.contextmanager
+    def held(self):
+        """Frames sent within leave together when it ends (each flush is a packet)."""
+        with self.lock:
+            self.holding += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.holding -= 1
+                try:
+                    if not self.holding:
+                        self.out.flush()
+                except BrokenPipeError:
+                    os._exit(0)  # the driver is gone; the run folders keep everything
 
     def run(self, order: dict) -> None:
         ident = order["id"]
@@ -354,7 +372,8 @@ class Agent:
                 start = {"wrapper": order["runner"]}
             more = (size, order.get("ignore", []))
             if self.keeper is None or not self.keeper.start(order["id"], run, start, more):
-                self.keeper = KeeperHandle(self.keeper_path, self.send, self.ended_run)
+                self.keeper = KeeperHandle(self.keeper_path, self.send, self.ended_run,
+                                           self.held)
                 self.keeper.start(order["id"], run, start, more)
             return run, None, 0, size
         pid, wait = _spawn(order["runner"], run, internal)

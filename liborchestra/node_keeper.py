@@ -243,10 +243,11 @@ class Keeper:
 
 class Handle:
     """One keeper process as its agent sees it: the runs it watches. `send` takes a frame
-    for the driver; `ended(id, run, alone, *more)` is called as each run ends."""
+    for the driver; `ended(id, run, alone, *more)` is called as each run ends, within
+    `held()`, which holds back the frames sent meanwhile until it is left."""
 
-    def __init__(self, path: str, send, ended) -> None:
-        self.send, self.ended = send, ended
+    def __init__(self, path: str, send, ended, held=contextlib.nullcontext) -> None:
+        self.send, self.ended, self.held = send, ended, held
         self.lock = threading.Lock()
         self.pending: dict = {}  # id -> (run folder, bytes of code, ignore patterns)
         self.dead = False
@@ -261,8 +262,7 @@ class Handle:
             os.close(orders)
             os.close(reports)
         self.pipe = os.fdopen(keeper_in, "wb")
-        threading.Thread(target=self._read, args=(os.fdopen(keeper_out, "rb"),),
-                         daemon=True).start()
+        threading.Thread(target=self._read, args=(keeper_out,), daemon=True).start()
 
     @staticmethod
     def usable() -> bool:
@@ -281,15 +281,28 @@ class Handle:
             pass  # it died: its reader says so for every run it had, this one too
         return True
 
-    def _read(self, reports) -> None:
-        for line in reports:
-            report = json.loads(line)
-            ident = report["id"]
-            with self.lock:
-                watched = self.pending.pop(ident, None)
-            if watched is not None:
-                run, size, patterns = watched
-                self.ended(ident, run, report["alone"], size, patterns)
+    def _read(self, reports: int) -> None:
+        """Each read takes every report there is: the runs that ended meanwhile are sent on
+        together (`held`), one write and one packet for all, not one each."""
+        rest = b""
+        while True:
+            try:
+                chunk = os.read(reports, 1 << 16)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            *lines, rest = (rest + chunk).split(b"\n")
+            with self.held():
+                for line in lines:
+                    report = json.loads(line)
+                    ident = report["id"]
+                    with self.lock:
+                        watched = self.pending.pop(ident, None)
+                    if watched is not None:
+                        run, size, patterns = watched
+                        self.ended(ident, run, report["alone"], size, patterns)
+        os.close(reports)
         with self.lock:  # it died: what it watched is the driver's to reattach to
             self.dead, lost, self.pending = True, list(self.pending), {}
         for ident in lost:
