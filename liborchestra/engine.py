@@ -23,7 +23,7 @@ import anyio
 import anyio.from_thread
 import attrs
 
-from liborchestra import events
+from liborchestra import clock, events
 from liborchestra.agent import Agents
 from liborchestra.allocator import Allocator
 from liborchestra.errors import (
@@ -380,7 +380,7 @@ def _finished(result: Result, asked: Execution) -> Result:
 def _epoch(result: Result) -> dict[str, float | None]:
     """The launcher times runs on the event loop's (monotonic) clock; everything people and
     journals read is in epoch seconds."""
-    offset = time.time() - anyio.current_time()
+    offset = time.time() - clock.now()
     return {"started": None if result.started is None else result.started + offset,
             "finished": None if result.finished is None else result.finished + offset}
 

@@ -19,7 +19,7 @@ from typing import Callable
 import anyio
 import attrs
 
-from liborchestra import events
+from liborchestra import clock, events
 from liborchestra.agent import AgentLost, Agents, Record
 from liborchestra.errors import CodeMissing, ConnectionLostError, LaunchError, SSHError
 from liborchestra.execution import TAIL, Execution, Result, State
@@ -109,7 +109,7 @@ class Launcher:
     async def run(self, shell: Shell, slot: Slot, execution: Execution,
                   archive: CodeArchive) -> Result:
         """Run to the end, fetch, clean up. Cancellation kills the remote process group."""
-        started = anyio.current_time()
+        started = clock.now()
         record: dict[str, bytes] = {}
         try:
             record = await self._run_and_fetch(shell, slot, execution, archive)
@@ -123,7 +123,7 @@ class Launcher:
                 self.code_missing(slot.node.filesystem, archive.digest)
             down = isinstance(error, SSHError) and not isinstance(error, ConnectionLostError)
             return Result(execution, State.LOST, node=slot.node.name, slot=slot.handle,
-                          started=started, finished=anyio.current_time(), message=str(error),
+                          started=started, finished=clock.now(), message=str(error),
                           node_down=down)
         return _result(execution, record, slot.node.name, slot.handle, started)
 
@@ -133,7 +133,7 @@ class Launcher:
         runs. None when there is nothing to recover (no run folder, no exit code). Raises
         SSHError when the node cannot be reached: the run may still be alive there."""
         rules = self._prepared(execution).rules
-        started = anyio.current_time()
+        started = clock.now()
         try:
             sink = await self._reattach(shell, execution,
                                         pack_command(self.run_dir(execution), rules))
@@ -385,7 +385,7 @@ class _Prepared:
 def _result(execution: Execution, record: dict[str, bytes], node: str, slot: str | None,
             started: float) -> Result:
     ecode_text = record.get("ecode", b"").strip()
-    finished = anyio.current_time()
+    finished = clock.now()
     if not ecode_text.lstrip(b"-").isdigit():
         return Result(execution, State.LOST, node=node, slot=slot, output=execution.output,
                       started=started, finished=finished,

@@ -18,6 +18,7 @@ from typing import Callable
 import anyio
 import attrs
 
+from liborchestra import clock
 from liborchestra.schedulers.base import Allocation, Node
 
 WALLTIME_MARGIN = 30.0  # seconds kept between an execution's expected end and the walltime
@@ -80,7 +81,7 @@ class SlotPool:
 
     def unfit_duration(self) -> float | None:
         """The longest declared duration among waiting work that no live allocation can hold."""
-        now = anyio.current_time()
+        now = clock.now()
         room = max((float("inf") if a.ends_at is None else a.ends_at - now
                     for a in self._live.values()), default=float("-inf"))
         unfit = [w.duration for w in self._waiters
@@ -172,7 +173,7 @@ class SlotPool:
         self._waiters.extendleft(reversed(skipped))
 
     def _pick(self, duration: float | None) -> Slot | None:
-        now = anyio.current_time()
+        now = clock.now()
         need = (duration or 0.0) + WALLTIME_MARGIN
         best, best_load = None, None
         for slot in self._free:
@@ -185,7 +186,7 @@ class SlotPool:
 
     def _next_release(self) -> float:
         """How long until a quarantined node may take work again (wake up then)."""
-        now = anyio.current_time()
+        now = clock.now()
         ends = [until - now for until in self._quarantine.values() if until > now]
         return min(ends, default=float("inf"))
 
