@@ -113,7 +113,7 @@ class _Client:
         self._deaths: list[float] = []
         self._unreachable: SSHError | None = None  # why the last start could not reach the node
         self.direct = False  # the agent runs scripts without a wrapper
-        self._frames: list[bytes] = []  # written at the end of this turn of the event loop
+        self._frames: list[bytes] = []  # written together, FLUSH_DELAY after the first
         self._sent: list[str] = []  # the ids of the runs among them
 
     def send(self, frame: dict) -> None:
