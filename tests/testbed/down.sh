@@ -116,7 +116,11 @@ for f in "$TB"/ns/*.uts; do
 done
 for h in $hosts; do
     [ -e "/run/netns/tb-$h" ] && ip netns del "tb-$h"
-    ip link show "tbv-$h" >/dev/null 2>&1 && ip link del "tbv-$h"
+    # deleting the namespace deletes its veth too, in the background: it may vanish between
+    # the look and the delete ("Cannot find device" failed a CI run), which is no failure
+    if ip link show "tbv-$h" >/dev/null 2>&1; then
+        ip link del "tbv-$h" 2>/dev/null || ! ip link show "tbv-$h" >/dev/null 2>&1
+    fi
 done
 ip link show "$TB_BRIDGE" >/dev/null 2>&1 && ip link del "$TB_BRIDGE"
 
