@@ -4,7 +4,6 @@ costs the same for 100 or 100,000 executions."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -45,29 +44,10 @@ class Progress:
         self._last_line = 0.0
         self.total = sum(journal.counts().values())
         self._said: set[str] = set()
-        self._flushing = False
-
-    def _flush_soon(self) -> None:
-        """The lines of one turn of the event loop reach a reader in one write (two events
-        per execution, each flushed alone, were two system calls more per execution)."""
-        if self._flushing:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not in the loop: at once
-            sys.stdout.flush()
-            return
-        self._flushing = True
-        loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flushing = False
-        sys.stdout.flush()
 
     def event(self, event: events.Event) -> None:
         if self.mode == "json":
-            sys.stdout.write(json.dumps(_as_json(event)) + "\n")
-            self._flush_soon()
+            print(json.dumps(_as_json(event)), flush=True)
             return
         text = self._notable(event)
         if text:
