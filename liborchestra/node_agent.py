@@ -43,7 +43,6 @@ import fnmatch
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -51,17 +50,32 @@ import tempfile
 import threading
 
 if __package__:  # imported by the driver
+    from liborchestra.node_keeper import (
+        INTERNAL,
+        SPAWN,
+        script_fd,
+        spawn_wrapper,
+        wrapper_source,
+        write_bytes,
+        write_in_place,
+    )
     from liborchestra.node_keeper import Handle as KeeperHandle
-    from liborchestra.node_keeper import script_fd, write_bytes, write_in_place
     from liborchestra.node_spares import SPARES, Spares
 else:  # run on a node, from the folder it was shipped in with its siblings
     sys.dont_write_bytecode = True  # nothing written next to them
+    from node_keeper import (
+        INTERNAL,
+        SPAWN,
+        script_fd,
+        spawn_wrapper,
+        wrapper_source,
+        write_bytes,
+        write_in_place,
+    )
     from node_keeper import Handle as KeeperHandle
-    from node_keeper import script_fd, write_bytes, write_in_place
     from node_spares import SPARES, Spares
 
 PROTOCOL = 5
-INTERNAL = ".orchestra"  # the run folder's own files, as the shell wrapper writes them
 _COPY = 1 << 20
 INLINE = 64 * 1024  # bytes of stdout + stderr sent inline when the run made no other file
 CODE_TIME = 1  # seconds since 1970: the code's files are older (0), what the run wrote newer
@@ -220,14 +234,6 @@ def _write(path: str, text: str) -> None:
     write_bytes(path, text.encode())
 
 
-_NULL = ((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-         (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)) \
-    if hasattr(os, "POSIX_SPAWN_OPEN") else ()
-_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ")
-                         if hasattr(signal, name))  # Python ignores them; scripts must not
-
-
 def _script_fd(data: bytes):
     """A file descriptor to read the wrapper's script from at offset 0 (the caller closes
     it), or None. A memfd where Linux has them: seekable, so bash reads the script in
@@ -264,8 +270,7 @@ def _spawn(runner: str, run: str, internal: str):
     `bash -c` the script (the profile's env values with it) is not on a command line every
     user of the node can read. A file and subprocess where the script is long or the platform lacks
     posix_spawn. The wrapper changes folder itself; the agent's own files are close-on-exec."""
-    data = b"exec 3<&-\n" + runner.encode()
-    fd = _script_fd(data) if _NULL and hasattr(os, "posix_spawnp") else None
+    fd = _script_fd(wrapper_source(runner)) if SPAWN else None
     if fd is None:
         script = os.path.join(internal, "run.sh")
         _write(script, runner)
@@ -274,9 +279,7 @@ def _spawn(runner: str, run: str, internal: str):
                                 start_new_session=True, close_fds=True)
         return proc.pid, proc.wait
     try:
-        pid = os.posix_spawnp("bash", ["bash", "/dev/fd/3"], os.environ,
-                              file_actions=(*_NULL, (os.POSIX_SPAWN_DUP2, fd, 3)),
-                              setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        pid = spawn_wrapper(fd)
     finally:
         os.close(fd)
     return pid, lambda: os.waitpid(pid, 0)

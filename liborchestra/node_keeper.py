@@ -34,8 +34,8 @@ import signal
 import sys
 import threading
 
-INTERNAL = ".orchestra"
-_SPAWN = hasattr(os, "posix_spawnp") and hasattr(os, "POSIX_SPAWN_OPEN")
+INTERNAL = ".orchestra"  # a run folder's own files: pid, node, digest, stdout, stderr, ecode
+SPAWN = hasattr(os, "posix_spawnp") and hasattr(os, "POSIX_SPAWN_OPEN")
 _NULL_IN = (getattr(os, "POSIX_SPAWN_OPEN", 0), 0, os.devnull, os.O_RDONLY, 0)
 _NULL_OUT = (getattr(os, "POSIX_SPAWN_OPEN", 0), 1, os.devnull, os.O_WRONLY, 0)
 _NULL_ERR = (getattr(os, "POSIX_SPAWN_OPEN", 0), 2, os.devnull, os.O_WRONLY, 0)
@@ -55,6 +55,16 @@ def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
             os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """A whole file; None when there is none. Opened, not looked up first: the driver reads
+    several per execution that most folders do not have."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
 
 
 NEXT = ".next"  # a record file's spare: kept, blocks and all, to be written in place
@@ -101,6 +111,21 @@ def script_fd(data: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def wrapper_source(script: str) -> bytes:
+    """The bash wrapper's script as `spawn_wrapper` runs it: it closes fd 3 first thing."""
+    return b"exec 3<&-\n" + script.encode()
+
+
+def spawn_wrapper(fd: int) -> int:
+    """Start bash on the script readable at `fd` (offset 0), in its own session, with the
+    default signals and /dev/null for stdin, stdout and stderr (the script redirects them);
+    its pid. The caller closes `fd`."""
+    return os.posix_spawnp("bash", ["bash", "/dev/fd/3"], os.environ,
+                           file_actions=(_NULL_IN, _NULL_OUT, _NULL_ERR,
+                                         (os.POSIX_SPAWN_DUP2, fd, 3)),
+                           setsid=True, setsigdef=_DEFAULT_SIGNALS)
 
 
 def _command(name: str, env: dict) -> str:
@@ -199,12 +224,9 @@ class Keeper:
                                   setsigdef=_DEFAULT_SIGNALS)
 
     def _wrap(self, script: str) -> int:
-        fd = script_fd(b"exec 3<&-\n" + script.encode())  # closed first thing
+        fd = script_fd(wrapper_source(script))
         try:
-            return os.posix_spawnp("bash", ["bash", "/dev/fd/3"], os.environ,
-                                   file_actions=(_NULL_IN, _NULL_OUT, _NULL_ERR,
-                                                 (os.POSIX_SPAWN_DUP2, fd, 3)),
-                                   setsid=True, setsigdef=_DEFAULT_SIGNALS)
+            return spawn_wrapper(fd)
         finally:
             os.close(fd)
 
@@ -266,7 +288,7 @@ class Handle:
 
     @staticmethod
     def usable() -> bool:
-        return _SPAWN and all(hasattr(os, name) for name in ("waitid", "memfd_create"))
+        return SPAWN and all(hasattr(os, name) for name in ("waitid", "memfd_create"))
 
     def start(self, ident: str, run: str, start: dict, more: tuple) -> bool:
         """Hand it a run; False when it has died (start another)."""

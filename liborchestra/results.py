@@ -23,7 +23,7 @@ from typing import Iterable
 import attrs
 
 from liborchestra.journal import Journal, Row
-from liborchestra.node_keeper import write_bytes
+from liborchestra.node_keeper import read_bytes, write_bytes
 from liborchestra.sched import find_features
 
 RECORD_FILE = "runaway.json"
@@ -102,12 +102,8 @@ def read_metrics(folder: Path) -> Metrics:
 
 
 def _text(path: str) -> str | None:
-    """A file's text; None when there is no such file."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
+    data = read_bytes(path)
+    return None if data is None else data.decode(errors="replace")
 
 
 def _number(value: object) -> bool:
@@ -193,16 +189,13 @@ def record(row: Row, **extra: object) -> dict:
 def write_record(folder: Path, data: dict) -> None:
     """Write `folder/runaway.json` atomically (a crash never leaves half a record)."""
     tmp = os.path.join(folder, f".{RECORD_FILE}.tmp")  # one writer per folder: the driver
+    text = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
     try:
-        write_bytes(tmp, _record_text(data))
-    except FileNotFoundError:
+        write_bytes(tmp, text)
+    except FileNotFoundError:  # made when missing: looked at only then
         folder.mkdir(parents=True, exist_ok=True)
-        write_bytes(tmp, _record_text(data))
+        write_bytes(tmp, text)
     os.replace(tmp, os.path.join(folder, RECORD_FILE))
-
-
-def _record_text(data: dict) -> bytes:
-    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
 
 
 __all__ = ["Metrics", "RECORD_FILE", "ResultRow", "parse_parameters", "read_metrics", "record",

@@ -34,6 +34,7 @@ from liborchestra.driver import Driver, Source, Work
 from liborchestra.engine import Engine
 from liborchestra.execution import Execution, Result, State
 from liborchestra.journal import Row
+from liborchestra.node_keeper import read_bytes
 from liborchestra.sched_protocol import (
     FINISHED,
     PARAMETERS,
@@ -70,11 +71,9 @@ def parse_features(text: str) -> tuple[float, ...]:
 
 def find_features(folder: Path, stdout: str) -> tuple[float, ...]:
     """The `features` file of a fetched run folder, else the last RUNAWAY_FEATURES: line."""
-    try:  # opened, not looked at first: this runs once per execution
-        with open(os.path.join(folder, "features"), "rb") as f:
-            return parse_features(f.read().decode(errors="replace"))
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        pass
+    features = read_bytes(os.path.join(folder, "features"))
+    if features is not None:
+        return parse_features(features.decode(errors="replace"))
     lines = [line.strip() for line in stdout.splitlines()
              if line.strip().startswith(FEATURES_PREFIX)]
     return parse_features(lines[-1][len(FEATURES_PREFIX):]) if lines else ()

@@ -25,10 +25,10 @@ import attrs
 
 from liborchestra.errors import TransferError
 from liborchestra.node_agent import CODE_TIME, ignored
+from liborchestra.node_keeper import INTERNAL
 from liborchestra.shell import Shell
 
 OUTPUT_MARKER = ".orchestra-output"  # written into local output folders; never shipped back out
-INTERNAL = ".orchestra"  # per-run folder of the wrapper: pid, node, digest, stdout, stderr, ecode
 LARGE_CODE = 50 * 2**20  # bytes: shipping more than this is said, with the biggest files
 BIGGEST = 5  # how many of the biggest files a large-code warning names
 CODE_CACHE_KEEP = 5  # archives kept per remote filesystem (the most recently used)
