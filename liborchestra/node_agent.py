@@ -50,30 +50,18 @@ import tempfile
 import threading
 
 if __package__:  # imported by the driver
-    from liborchestra.node_keeper import (
-        INTERNAL,
-        SPAWN,
-        script_fd,
-        spawn_wrapper,
-        wrapper_source,
-        write_bytes,
-        write_in_place,
-    )
-    from liborchestra.node_keeper import Handle as KeeperHandle
-    from liborchestra.node_spares import SPARES, Spares
+    from liborchestra import node_keeper, node_spares
 else:  # run on a node, from the folder it was shipped in with its siblings
     sys.dont_write_bytecode = True  # nothing written next to them
-    from node_keeper import (
-        INTERNAL,
-        SPAWN,
-        script_fd,
-        spawn_wrapper,
-        wrapper_source,
-        write_bytes,
-        write_in_place,
-    )
-    from node_keeper import Handle as KeeperHandle
-    from node_spares import SPARES, Spares
+    import node_keeper
+    import node_spares
+
+# the names this file uses of its siblings'
+INTERNAL, SPAWN, KeeperHandle = node_keeper.INTERNAL, node_keeper.SPAWN, node_keeper.Handle
+script_fd, spawn_wrapper, wrapper_source = (node_keeper.script_fd, node_keeper.spawn_wrapper,
+                                            node_keeper.wrapper_source)
+write_bytes, write_in_place = node_keeper.write_bytes, node_keeper.write_in_place
+SPARES, Spares = node_spares.SPARES, node_spares.Spares
 
 PROTOCOL = 5
 _COPY = 1 << 20
