@@ -114,7 +114,7 @@ def test_a_reused_folder_has_no_exit_code_and_writes_its_records_over_the_old_on
             "$(stat -c %i .orchestra/node .orchestra/digest | tr '\\n' ' ')" > inodes
         sleep 0.2
         """)
-    folders = _batch(tmp_path, script, "records", 8)
+    folders = _batch(tmp_path, script, "records", 14)
     seen = [(f / "inodes").read_text().split() for f in folders]
     assert all((f / "stdout").read_text() == "" for f in folders)
     assert all((f / "ecode").read_text() == "0\n" for f in folders)
