@@ -64,8 +64,9 @@ class Record:
 class Agents:
     """The node agents of one engine, one per node shell."""
 
-    def __init__(self, root: str, python: str, emit: Callable[[events.Event], None]) -> None:
-        self.root, self.python, self.emit = root, python, emit
+    def __init__(self, root: str, python: str, emit: Callable[[events.Event], None],
+                 barrier: Callable[[], None] = lambda: None) -> None:
+        self.root, self.python, self.emit, self.barrier = root, python, emit, barrier
         self._clients: dict[Shell, _Client] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._serving = anyio.Event()
@@ -88,7 +89,7 @@ class Agents:
         client = self._clients.get(shell)
         if client is None:
             client = self._clients[shell] = _Client(shell, self.root, self.python, self.emit,
-                                                    self._tg)
+                                                    self._tg, self.barrier)
         return await client.run(order)
 
     def discard(self, shell: Shell, dirs: list[str]) -> bool:
@@ -103,8 +104,10 @@ class Agents:
 
 class _Client:
     def __init__(self, shell: Shell, root: str, python: str,
-                 emit: Callable[[events.Event], None], tg: anyio.abc.TaskGroup) -> None:
+                 emit: Callable[[events.Event], None], tg: anyio.abc.TaskGroup,
+                 barrier: Callable[[], None]) -> None:
         self.shell, self.root, self.emit, self._tg = shell, root, emit, tg
+        self.barrier = barrier  # Engine.barrier: before each write
         self.python = shlex.quote(python)
         self.pipe: Pipe | None = None
         self.unavailable = ""  # why this node runs without an agent, once given up
@@ -132,13 +135,15 @@ class _Client:
         try:
             if self.pipe is None:
                 raise ConnectionLostError("its channel is closed")
+            self.barrier()
             self.pipe.write(frames)
-        except ConnectionLostError as error:
-            lost = AgentLost(f"{self.shell.name}: node agent unreachable: {error}")
+        except Exception as error:  # e.g. a journal that cannot commit: nothing is sent
+            failed = AgentLost(f"{self.shell.name}: node agent unreachable: {error}") \
+                if isinstance(error, ConnectionLostError) else error
             for ident in sent:
                 future = self._pending.get(ident)
                 if future is not None and not future.done():
-                    future.set_exception(lost)
+                    future.set_exception(failed)
 
     async def run(self, build: Callable[[bool], dict]) -> ResultSink | Record | None:
         pipe = await self._up()

@@ -14,7 +14,10 @@ written once:
 - the canary (the first N executions of this driver, judged before the rest starts);
 - drain (nothing new starts; running executions finish and are recorded) and cancel
   (interrupted executions go back to the queue);
-- journal writes for every placement and allocation, which the progress views read.
+- journal writes for every placement and allocation, which the progress views read. They are
+  committed in groups: before anything leaves for a node (the engine's barrier: a run's
+  placement before its order to start, a final state before its run folder is removed), or
+  within COMMIT_DELAY.
 
 Example: a source that runs `train.sh --seed=K` for K = 0..9 and records each exit code::
 
@@ -44,6 +47,7 @@ Example: a source that runs `train.sh --seed=K` for K = 0..9 and records each ex
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import logging
 import uuid as uuidlib
@@ -61,6 +65,7 @@ from liborchestra.journal import Journal, Row
 log = logging.getLogger(__name__)
 RECOVER_CONCURRENCY = 32  # recoveries at once (each holds a channel while it waits)
 RECOVER_BACKOFF = (2.0, 30.0)  # first and longest wait between tries on an unreachable node
+COMMIT_DELAY = 0.1  # seconds a final state may wait for its commit (see _commit_soon)
 
 
 class CanaryFailed(OrchestraError):
@@ -180,7 +185,9 @@ class Driver:
         self._scope: anyio.CancelScope | None = None
         self._asking: anyio.CancelScope | None = None
         self._canary_rows: list[int] = []
+        self._commit_due: asyncio.TimerHandle | None = None
         engine.listeners.append(self._on_event)
+        engine.barriers.append(journal.commit)  # the runs' placements, before they start
 
     # -- control (the CLIs' signals and the web page call these) ---------------------------------
 
@@ -227,6 +234,11 @@ class Driver:
             except anyio.get_cancelled_exc_class():
                 self.cancelled = True
                 raise
+            finally:
+                if self._commit_due is not None:
+                    self._commit_due.cancel()
+                    self._commit_due = None
+                self.journal.commit()
         return self.journal.counts()
 
     def _window(self) -> int:
@@ -296,7 +308,7 @@ class Driver:
             while True:
                 run_id = row.uuid if attempts == 0 else f"{row.uuid}.{attempts}"
                 execution = self.source.execution(row, run_id)
-                self.journal.started(row.seq, run_id, commit=False)  # placing commits it
+                self.journal.started(row.seq, run_id, commit=False)  # the barrier commits it
                 attempts += 1
                 self._running[run_id] = row
                 try:
@@ -337,14 +349,29 @@ class Driver:
         """Final state first (not yet recorded), then the tool's record, then `recorded`."""
         state = result.state if result.state.final else State.LOST
         fresh = self.journal.finished(row.seq, state.value, result.ecode, result.message,
-                                      lost=state is State.LOST, recorded=False)
+                                      lost=state is State.LOST, recorded=False,
+                                      commit=False)  # before its run folder goes: the barrier
+        self._commit_soon()
         value = None
         try:
             value = await self.source.done(fresh, result)
         except Exception as error:  # a broken record must not take the other executions down
             log.exception("recording %s failed", row.uuid)
             self.engine.emit(RecordFailed(row.uuid, f"{type(error).__name__}: {error}"))  # type: ignore[arg-type]
-        self.journal.recorded(row.seq, value)
+        self.journal.recorded(row.seq, value, commit=False)
+        self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        """Commit the journal's waiting writes within COMMIT_DELAY, if no barrier does first:
+        one commit for the many executions that end meanwhile, each a few tenths of a
+        millisecond of the driver's time; other processes (`status`) see them late by that."""
+        if self._commit_due is None:
+            self._commit_due = asyncio.get_running_loop().call_later(COMMIT_DELAY,
+                                                                     self._commit_now)
+
+    def _commit_now(self) -> None:
+        self._commit_due = None
+        self.journal.commit()
 
     def _judge_canary(self) -> None:
         rows = [self.journal.get(seq) for seq in self._canary_rows]
@@ -422,7 +449,7 @@ class Driver:
             row = self._running.get(event.uuid)
             if row is not None:
                 self.journal.placed(row.seq, event.node, event.slot, event.allocation or None,
-                                    event.digest or None)
+                                    event.digest or None, commit=False)  # see barriers
         elif isinstance(event, events.AllocationGranted):
             self.journal.allocation(event.allocation, "granted")
             self._poke()

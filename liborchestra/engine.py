@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import anyio
 import anyio.from_thread
@@ -56,6 +56,7 @@ class Engine:
                  listeners: Iterable[events.Listener] = ()) -> None:
         self.profile = profile
         self.listeners = list(listeners)
+        self.barriers: list[Callable[[], None]] = []  # see `barrier`
         ssh = profile.ssh
         limits = Limits() if ssh is None else Limits(
             channels=ssh.max_channels, connections=ssh.max_connections,
@@ -66,14 +67,14 @@ class Engine:
         self.code = CodeCache(self.emit)  # warns of large or left-out code, prunes
         self.send_ignore = send_ignore
         self.leave = leave
-        self.agents = Agents(profile.directory, profile.agent, self.emit) \
+        self.agents = Agents(profile.directory, profile.agent, self.emit, self.barrier) \
             if profile.agent else None
         self.launcher = Launcher(LaunchSettings(
             profile=profile.name, root=profile.directory, setup=profile.setup, env=profile.env,
             leave=leave, fetch_ignore=fetch_ignore,
             execution=profile.scheduler.custom.execution if profile.scheduler.custom else (),
             kill_grace=profile.kill_grace),
-            self.emit, self.agents)
+            self.emit, self.agents, self.barrier)
         self.launcher.code_missing = self.code.forget
         self.allocator = Allocator(self.scheduler, self.slots, self.emit, self._allocation_ended)
         self._shells: dict[Node, Shell] = {}
@@ -364,6 +365,13 @@ class Engine:
 
     def emit(self, event: events.Event) -> None:
         events.deliver(self.listeners, event)
+
+    def barrier(self) -> None:
+        """Called before anything leaves for a node (an order to start a run, the removal of
+        run folders): what the driver wrote meanwhile must be durable by then (its journal
+        commits there, once for all the runs that leave together)."""
+        for barrier in self.barriers:
+            barrier()
 
 
 def _finished(result: Result, asked: Execution) -> Result:

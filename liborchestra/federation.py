@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import anyio
 import attrs
@@ -87,11 +87,13 @@ class Federation:
     def __init__(self, profiles: Iterable[Profile], *,
                  listeners: Iterable[events.Listener] = (), **options) -> None:
         self.listeners = list(listeners)
+        self.barriers: list[Callable[[], None]] = []  # as Engine.barriers, for every cluster
         self.engines: dict[str, Engine] = {}
         for profile in profiles:
             name = profile.name
             self.engines[name] = Engine(profile, listeners=[
                 lambda event, name=name: self._relay(name, event)], **options)
+            self.engines[name].barriers.append(self.barrier)
         first = next(iter(self.engines.values()))
         for engine in self.engines.values():
             engine.share_archives(first)
@@ -215,6 +217,10 @@ class Federation:
 
     def emit(self, event: events.Event) -> None:
         events.deliver(self.listeners, event)
+
+    def barrier(self) -> None:
+        for barrier in self.barriers:
+            barrier()
 
     def _relay(self, cluster: str, event: events.Event) -> None:
         """A cluster's event, its nodes and allocations named `cluster/...`."""

@@ -4,14 +4,16 @@ its driver only.
 Every execution has one row, in the order it was decided: its arguments, a JSON payload that
 belongs to the tool that decided it, its state, attempts, where it ran (node, slot, allocation)
 and how it ended. `submitted` (with the run id) and `running` (where it is placed) are committed
-together once it is placed, *before* it can start on a node, so after a crash (even SIGKILL)
+together once it is placed, *before* it can start on a node (the driver commits at the
+engine's barrier, before the order to start leaves), so after a crash (even SIGKILL)
 `--resume` knows what was in flight and where, and can recover a result that finished remotely
 instead of running it again; a run that was submitted and never placed simply runs. A final
 state is committed before the tool records the result (`recorded` = 0) and marked recorded
 after, with the payload the tool wrote meanwhile: a result whose recording a crash interrupted
-is recorded again on resume. WAL mode with synchronous=NORMAL: a commit survives the death of
-the process. Writes that can wait (`commit=False`) join the next commit: each commit is most of
-a write's cost, and a driver makes several per execution.
+is recorded again on resume; a final state not committed yet is recovered from its run folder,
+which is removed only after the commit. WAL mode with synchronous=NORMAL: a commit survives the
+death of the process. Writes that can wait (`commit=False`) join the next commit: each commit is
+most of a write's cost, and a driver makes several per execution.
 
 The driver holds an OS lock on `<journal>.lock` for its whole life (`lease`): two drivers of
 one journal cannot both run, and a driver killed by SIGKILL leaves no stale lock.
@@ -153,6 +155,8 @@ class Journal:
             raise JournalError(f"{path}: not a batch journal ({error})") from None
 
     def close(self) -> None:
+        """Commit what waits (`commit=False`), then close: closing alone would drop it."""
+        self.commit()
         self.db.close()
 
     # -- meta ----------------------------------------------------------------------------------
@@ -213,11 +217,12 @@ class Journal:
 
     def commit(self) -> None:
         """Commit the writes made with `commit=False` (nothing when there are none)."""
-        self.db.commit()
+        if self.db.in_transaction:
+            self.db.commit()
 
     def started(self, seq: int, run: str, commit: bool = True) -> None:
-        """Handed to the engine as run `run`. A driver need not commit it: `placed` does,
-        before the run can start anywhere."""
+        """Handed to the engine as run `run`. A driver need not commit it: it commits before
+        the run can start anywhere (with `placed`, or at the engine's barrier)."""
         self.db.execute("UPDATE executions SET state = ?, run = ?, started = ?, "
                         "node = NULL, slot = NULL, allocation = NULL, "
                         "attempts = attempts + 1 WHERE seq = ?",
@@ -226,30 +231,39 @@ class Journal:
             self.db.commit()
 
     def placed(self, seq: int, node: str, slot: str, allocation: str | None = None,
-               digest: str | None = None) -> None:
-        with self.db:
-            self.db.execute("UPDATE executions SET state = ?, node = ?, slot = ?, allocation = ?, "
-                            "digest = COALESCE(?, digest) WHERE seq = ?",
-                            (State.RUNNING.value, node, slot, allocation, digest, seq))
+               digest: str | None = None, commit: bool = True) -> None:
+        """Placed on `node`. A driver that does not commit it commits before the run's order
+        leaves for the node (the engine's barrier)."""
+        self.db.execute("UPDATE executions SET state = ?, node = ?, slot = ?, allocation = ?, "
+                        "digest = COALESCE(?, digest) WHERE seq = ?",
+                        (State.RUNNING.value, node, slot, allocation, digest, seq))
+        if commit:
+            self.db.commit()
 
     def finished(self, seq: int, state: str, ecode: int | None, message: str = "",
-                 lost: bool = False, recorded: bool = True, value: float | None = None) -> Row:
-        """The current run ended (committed); returns the row as it is now."""
-        with self.db:
-            rows = self.db.execute(
-                "UPDATE executions SET state = ?, ecode = ?, message = ?, finished = ?, "
-                f"lost = lost + ?, recorded = ?, value = ? WHERE seq = ? RETURNING {_COLUMNS}",
-                (state, ecode, message, time.time(), int(lost), int(recorded), value,
-                 seq)).fetchall()
+                 lost: bool = False, recorded: bool = True, value: float | None = None,
+                 commit: bool = True) -> Row:
+        """The current run ended; returns the row as it is now. A driver that does not commit
+        it commits before the run's folder is removed (the engine's barrier): until then a
+        resume finds the run folder and recovers it."""
+        rows = self.db.execute(
+            "UPDATE executions SET state = ?, ecode = ?, message = ?, finished = ?, "
+            f"lost = lost + ?, recorded = ?, value = ? WHERE seq = ? RETURNING {_COLUMNS}",
+            (state, ecode, message, time.time(), int(lost), int(recorded), value,
+             seq)).fetchall()
+        if commit:
+            self.db.commit()
         if not rows:
             raise JournalError(f"{self.path}: no execution #{seq}")
         return _row(rows[0])
 
-    def recorded(self, seq: int, value: float | None = None) -> None:
-        """The tool recorded the final result of `seq` (and its objective value, if any)."""
-        with self.db:
-            self.db.execute("UPDATE executions SET recorded = 1, value = ? WHERE seq = ?",
-                            (value, seq))
+    def recorded(self, seq: int, value: float | None = None, commit: bool = True) -> None:
+        """The tool recorded the final result of `seq` (and its objective value, if any). Not
+        committed, it is lost only to a crash, and the result is recorded again on resume."""
+        self.db.execute("UPDATE executions SET recorded = 1, value = ? WHERE seq = ?",
+                        (value, seq))
+        if commit:
+            self.db.commit()
 
     def update_payload(self, seq: int, payload: dict, commit: bool = True) -> None:
         self.db.execute("UPDATE executions SET payload = ? WHERE seq = ?",

@@ -61,8 +61,8 @@ class LaunchSettings:
 
 class Launcher:
     def __init__(self, settings: LaunchSettings, emit: Callable[[events.Event], None],
-                 agents: Agents | None = None) -> None:
-        self.settings, self.emit = settings, emit
+                 agents: Agents | None = None, barrier: Callable[[], None] = lambda: None) -> None:
+        self.settings, self.emit, self.barrier = settings, emit, barrier  # Engine.barrier
         self.agents = agents  # None: every execution through the shell wrapper
         self.code_missing: Callable[[str, str], None] = lambda filesystem, digest: None
         self._trash: dict[Shell, list[str]] = {}
@@ -170,6 +170,7 @@ class Launcher:
         sink = ResultSink()
         start, runner = self.start_command(slot, execution, archive)
         errors: list[bytes] = []
+        self.barrier()
         try:
             if execution.stream:
                 status = await self._stream(shell, execution, start, runner)
@@ -358,6 +359,8 @@ class Launcher:
         them to hold later runs), else with `rm`."""
         trash, self._trash = self._trash, {}
         root = self.settings.root
+        if trash:
+            self.barrier()
         for shell, runs in trash.items():
             if self.agents is not None and self.agents.discard(
                     shell, [f"{root}/runs/{run}" for run in runs]):

@@ -129,6 +129,10 @@ def test_srun_batch_killed_and_resumed_runs_each_once(testbed, tmp_path):
     profile = slurm_profile(testbed, tmp_path, reach="srun")
     proc = batch(profile, script, "srun", 8, tmp_path)
     wait_started(proc, 4)
+    deadline = time.monotonic() + 30  # placements are committed as their orders leave
+    while len(placed(tmp_path / "batch/srun")) < 4:
+        assert time.monotonic() < deadline, "no placement was committed"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     jobs = {alloc for _, alloc, _ in placed(tmp_path / "batch/srun")}
