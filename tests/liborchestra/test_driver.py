@@ -151,3 +151,27 @@ def test_a_journal_of_the_first_version_is_upgraded_and_resumes(tmp_path):
     assert [(r.uuid, r.state, r.payload) for r in rows] == [("a", "completed", {}),
                                                             ("b", "queued", {})]
     assert journal.unrecorded() == []  # old final rows count as recorded
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "wrapper"])
+def test_a_run_starts_only_once_its_placement_is_committed(tmp_path, agent):
+    """Placements are committed in groups, at the engine's barrier: each script, started on
+    the node, reads its own row from the journal in another process and finds it running
+    (a crash from then on leaves a journal that knows where the run is)."""
+    extra = {} if agent else {"agent": False}
+    profile = load(local_profile(tmp_path, **extra))
+    journal = Journal.create(tmp_path / "out" / "journal.sqlite", {})
+    check = ("import sqlite3, os, sys\n"
+             f"db = sqlite3.connect({str(journal.path)!r})\n"
+             "row = db.execute('SELECT state, node FROM executions WHERE run = ?',\n"
+             "                 (os.environ['RUNAWAY_UUID'],)).fetchone()\n"
+             "sys.exit(0 if row and row[0] == 'running' and row[1] else 3)\n")
+    script = write_script(tmp_path / "code", "job.sh", f"python3 - <<'EOF'\n{check}EOF\n")
+    source = Numbers(script, tmp_path / "out", 12)
+
+    async def main():
+        async with Engine(profile) as engine:
+            with journal.lease():
+                return await Driver(engine, journal, source).run()
+
+    assert run(main()) == {"completed": 12}
