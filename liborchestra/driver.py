@@ -226,7 +226,10 @@ class Driver:
         with anyio.CancelScope() as self._scope:
             try:
                 async with self.source.open(self), anyio.create_task_group() as tg:
-                    tg.start_soon(self._recover_all, stale, names)
+                    # what the earlier driver left, read before this one starts anything: its
+                    # own runs are in flight too, and must not be recovered as the earlier's
+                    left = self.journal.unrecorded(), self.journal.in_flight()
+                    tg.start_soon(self._recover_all, left, stale, names)
                     if self.policy.canary and not self.journal.meta().get("canary_passed"):
                         await self._feed(limit=self.policy.canary, started=self._canary_rows)
                         self._judge_canary()
@@ -383,16 +386,18 @@ class Driver:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    async def _recover_all(self, stale: list[str], names: list[str]) -> None:
+    async def _recover_all(self, left: tuple[list[Row], list[Row]], stale: list[str],
+                           names: list[str]) -> None:
         """Beside new work: record again what a crash left unrecorded, recover or re-run what
-        an earlier driver left in flight, then release the allocations it left behind (and
-        any request of it still pending under its job name)."""
-        for row in self.journal.unrecorded():
+        an earlier driver left in flight (`left`: those two lists of rows), then release the
+        allocations it left behind (and any request of it still pending under its job
+        name)."""
+        unrecorded, rows = left
+        for row in unrecorded:
             execution = self.source.execution(row, row.run or row.uuid)
             result = Result(execution, State(row.state), ecode=row.ecode, node=row.node,
                             slot=row.slot, output=execution.output, message=row.message or "")
             await self._record(row, result)
-        rows = self.journal.in_flight()
         limiter = anyio.CapacityLimiter(RECOVER_CONCURRENCY)
         again: list[tuple[Row, str]] = []
         if rows:

@@ -175,3 +175,35 @@ def test_a_run_starts_only_once_its_placement_is_committed(tmp_path, agent):
                 return await Driver(engine, journal, source).run()
 
     assert run(main()) == {"completed": 12}
+
+
+class SlowRecords(Numbers):
+    """Numbers whose recording takes a while (a post-command, a git commit...)."""
+
+    async def done(self, row, result):
+        await anyio.sleep(0.3)
+        return await super().done(row, result)
+
+
+def test_recording_what_a_crash_left_does_not_recover_this_drivers_own_runs(tmp_path):
+    """Resume records the earlier driver's unrecorded results while new work starts: the
+    runs this driver starts meanwhile are in flight, and must not be taken for the earlier
+    driver's (recovered, or started a second time)."""
+    profile = load(local_profile(tmp_path))
+    log = tmp_path / "ran.log"
+    script = write_script(tmp_path / "code", "job.sh", f'sleep 0.5\necho "$1" >> {log}\n')
+    journal = Journal.create(tmp_path / "out" / "journal.sqlite", {})
+    journal.add((f"u{k}", (str(k),), f"k={k}", {"k": k}) for k in range(6))
+    for seq in (1, 2):  # the earlier driver's: final, not recorded
+        journal.started(seq, f"u{seq - 1}")
+        journal.finished(seq, "completed", 0, recorded=False)
+    source = SlowRecords(script, tmp_path / "out", 0)
+
+    async def main():
+        async with Engine(profile) as engine:
+            with journal.lease():
+                return await Driver(engine, journal, source).run()
+
+    assert run(main()) == {"completed": 6}
+    assert sorted(log.read_text().split()) == ["2", "3", "4", "5"]  # each once
+    assert sorted(k for k, _ in source.seen) == list(range(6))  # each recorded once
