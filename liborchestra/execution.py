@@ -33,9 +33,21 @@ def _new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
+def _path(value: object) -> Path:
+    """A Path, made only when it is not one already: executions are copied (`attrs.evolve`)
+    several times each, and parsing a path again is most of a copy's cost."""
+    return value if isinstance(value, Path) else Path(value)  # type: ignore[arg-type]
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else _path(value)
+
+
 def _arguments(values: object) -> tuple[str, ...]:
     """Arguments as strings: numbers and paths are converted with str; anything else is one
     clear TypeError now, not a traceback from deep inside a launch."""
+    if type(values) is tuple and all(type(value) is str for value in values):
+        return values  # already arguments (a copy of an execution)
     if isinstance(values, (str, bytes)):
         raise TypeError(f"Execution args: expected a list of arguments, got the string "
                         f"{values!r} (write [{values!r}], or split it)")
@@ -79,11 +91,11 @@ def arguments_problem(args: tuple[str, ...]) -> str | None:
 class Execution:
     """One run of a script with its arguments. Arguments are data: they reach argv verbatim."""
 
-    script: Path = attrs.field(converter=Path)
+    script: Path = attrs.field(converter=_path)
     args: tuple[str, ...] = attrs.field(default=(), converter=_arguments)
-    code: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    code: Path | None = attrs.field(default=None, converter=_optional_path)
     """The folder shipped; by default the script's folder."""
-    output: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    output: Path | None = attrs.field(default=None, converter=_optional_path)
     """Where results land locally; None: only the exit code and output are fetched."""
     uuid: str = attrs.field(factory=_new_uuid)
     duration: float | None = None  # expected seconds, for walltime-aware placement
