@@ -84,6 +84,7 @@ class Engine:
         self._waiting: set[_Running] = set()  # executions waiting for a slot
         self.draining = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self._executions: dict[asyncio.Task, anyio.CancelScope] = {}  # see `submit`
         self._pending = 0
         self._runnable: set[Path] = set()  # scripts checked once: the code is archived once
         self._idle = anyio.Event()
@@ -95,9 +96,17 @@ class Engine:
         await self._exit.__aenter__()
         self._exit.push_async_callback(self._shutdown)
         self._tg = await self._exit.enter_async_context(anyio.create_task_group())
+        self._exit.push_async_callback(self._finish_executions)  # before the group's end
         self._background = anyio.CancelScope()
         self._tg.start_soon(self._housekeeping)
         return self
+
+    async def _finish_executions(self) -> None:
+        """Wait for the executions' tasks (cancelled, when the engine is left on an error):
+        they are the engine's own asyncio tasks, not its task group's (see `submit`)."""
+        with anyio.CancelScope(shield=True):
+            while self._executions:
+                await asyncio.wait(list(self._executions))
 
     async def _housekeeping(self) -> None:
         """Background work: the allocation loop and batched removal of run folders."""
@@ -123,6 +132,8 @@ class Engine:
                 exc_type, exc, tb = type(error), error, error.__traceback__
         if exc_type is not None:
             self._tg.cancel_scope.cancel()
+            for scope in self._executions.values():
+                scope.cancel()
         self._background.cancel()
         suppressed = await self._exit.__aexit__(exc_type, exc, tb)
         if caught is not None and not suppressed:
@@ -170,8 +181,20 @@ class Engine:
         if self._pending == 0:
             self._idle = anyio.Event()
         self._pending += 1
-        self._tg.start_soon(self._execute, execution, future, scope, ticket)
+        # A task of its own, but not one of the task group's: an anyio task costs 40 us more
+        # on the test machine, and a driver starts thousands. Its scope is how it is cancelled.
+        task = asyncio.get_running_loop().create_task(
+            self._execute(execution, future, scope, ticket))
+        self._executions[task] = scope
+        task.add_done_callback(lambda task: self._ended(task, future))
         return future
+
+    def _ended(self, task: asyncio.Task, future: asyncio.Future[Result]) -> None:
+        """An execution's task ended: a failure of the engine itself (`_execute` turns every
+        other into a Result) reaches whoever waits for it, as the task group would raise it."""
+        self._executions.pop(task, None)
+        if not task.cancelled() and task.exception() is not None and not future.done():
+            future.set_exception(task.exception())  # type: ignore[arg-type]
 
     async def run(self, execution: Execution) -> Result:
         return await self.submit(execution)

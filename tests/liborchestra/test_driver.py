@@ -207,3 +207,23 @@ def test_recording_what_a_crash_left_does_not_recover_this_drivers_own_runs(tmp_
     assert run(main()) == {"completed": 6}
     assert sorted(log.read_text().split()) == ["2", "3", "4", "5"]  # each once
     assert sorted(k for k, _ in source.seen) == list(range(6))  # each recorded once
+
+
+def test_a_failure_of_the_engine_itself_reaches_the_caller(tmp_path, monkeypatch):
+    """Executions run in the engine's own tasks: what `_execute` cannot turn into a Result
+    (here its last step, broken) is raised to whoever waits, not lost with the task."""
+    from liborchestra import engine as engine_module
+
+    def broken(result, asked):
+        raise RuntimeError("a broken engine")
+
+    monkeypatch.setattr(engine_module, "_finished", broken)
+    profile = load(local_profile(tmp_path))
+    script = write_script(tmp_path / "code", "job.sh", "true\n")
+
+    async def main():
+        async with Engine(profile) as engine:
+            with anyio.fail_after(30), pytest.raises(RuntimeError, match="a broken engine"):
+                await engine.submit(Execution(script))
+
+    run(main())
