@@ -345,13 +345,20 @@ class Agent:
         if code is False:
             code = self.codes[archive] = Code.read(archive)
         intact = None if code is None else self.spares.take(run, archive, code.files)
-        os.makedirs(internal, exist_ok=True)  # a run may have removed a spare's
+        try:
+            os.mkdir(internal)  # a run may have removed a spare's
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # a new run folder
+            os.makedirs(internal)
         _extract(archive, run, code, intact or frozenset())
-        for name in ("stdout", "stderr"):
-            _write(os.path.join(internal, name), "")
+        direct = self.keeper_path and "argv" in order
+        if not direct:  # else the keeper's spawn makes them, as it starts the script
+            for name in ("stdout", "stderr"):
+                _write(os.path.join(internal, name), "")
         size = None if code is None else (code.size, archive)
         if self.keeper_path:
-            if "argv" in order:
+            if direct:
                 write_in_place(os.path.join(internal, "node"), order["node"].encode() + b"\n")
                 write_in_place(os.path.join(internal, "digest"), order["digest"].encode() + b"\n")
                 known = {"RUNAWAY_PATH": _expand(order["root"]), "RUNAWAY_PWD": run,
