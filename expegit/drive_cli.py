@@ -12,6 +12,7 @@ from expegit import code
 from expegit import record as records
 from expegit.campaign import Campaign, CampaignError
 from expegit.run import Plan, drive, new_run, open_run, reruns
+from liborchestra import heap
 from liborchestra._fields import parse_duration
 from liborchestra.driver import Policy
 from runaway.interrupts import Interrupts
@@ -31,6 +32,7 @@ class _Renderer(Renderer):
 def drive_command(args: argparse.Namespace) -> int:
     """Run `expegit run` or `expegit rerun` to its end; the exit code."""
     renderer = _Renderer()
+    heap.settle()
     return anyio.run(Interrupts(renderer).run, _run if args.command == "run" else _rerun,
                      args, renderer, backend="asyncio")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 
-from liborchestra import __version__
+from liborchestra import __version__, heap
 from liborchestra._fields import Bad, parse_duration
 from liborchestra.driver import Driver, Policy
 from liborchestra.errors import OrchestraError
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         args.args = [*args.args, *tail]
         journal, store = _resumed(args) if args.resume else create_search(args)
         interrupts = Interrupts(renderer)
+        heap.settle()
         return anyio.run(interrupts.run, _search, journal, store, args, renderer,
                          backend="asyncio")
     except StoreError as error:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from liborchestra import __version__, events
+from liborchestra import __version__, events, heap
 from liborchestra.check import check_profile
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "template"):
             args.template = [*args.template, *tail]
         interrupts = Interrupts(renderer)
+        heap.settle()
         return anyio.run(interrupts.run, commands[args.command], args, renderer,
                          backend="asyncio")
     except OrchestraError as error:
