@@ -227,3 +227,53 @@ def test_a_failure_of_the_engine_itself_reaches_the_caller(tmp_path, monkeypatch
                 await engine.submit(Execution(script))
 
     run(main())
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "wrapper"])
+def test_a_run_folder_is_removed_only_once_its_final_state_is_committed(tmp_path, monkeypatch,
+                                                                         agent):
+    """Final states wait for a commit, but not past the removal of their run folders (the
+    engine's barrier): a crash in between could recover them from nowhere. With commits
+    otherwise put off for 30 s, a watcher sees each run folder go, and the journal (read
+    from another connection) must hold that run's final state by then. The last runs end
+    while one still runs, with nothing left to start, so only the barrier commits them."""
+    import os
+    import threading
+    import time
+
+    from liborchestra import driver as driver_module
+
+    monkeypatch.setattr(driver_module, "COMMIT_DELAY", 30.0)
+    profile = load(local_profile(tmp_path, **({} if agent else {"agent": False})))
+    journal = Journal.create(tmp_path / "out" / "journal.sqlite", {})
+    script = write_script(tmp_path / "code", "job.sh", 'sleep "$(( $1 * 4 ))e-1"\n')
+    source = Numbers(script, tmp_path / "out", 7)
+    runs, early, stop = tmp_path / "remote" / "runs", [], threading.Event()
+
+    def watch():
+        db, seen = sqlite3.connect(journal.path), set()
+        while not stop.is_set():
+            now = set(os.listdir(runs)) if runs.is_dir() else set()
+            for gone in seen - now:
+                row = db.execute("SELECT state FROM executions WHERE run = ?",
+                                 (gone,)).fetchone()
+                if row is None or row[0] != "completed":
+                    early.append((gone, row))
+            seen = now
+            time.sleep(0.005)
+        db.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    async def main():
+        async with Engine(profile) as engine:
+            with journal.lease():
+                return await Driver(engine, journal, source).run()
+
+    try:
+        assert run(main()) == {"completed": 7}
+    finally:
+        stop.set()
+        watcher.join()
+    assert early == []
