@@ -20,6 +20,16 @@ def run(coro):
     return anyio.run(lambda: coro, backend="asyncio")
 
 
+def drive(profile, journal: Journal, source: Source) -> dict[str, int]:
+    """Drive `source` to its end on `profile`, as a tool does; the journal's counts."""
+    async def main():
+        async with Engine(profile) as engine:
+            with journal.lease():
+                return await Driver(engine, journal, source).run()
+
+    return run(main())
+
+
 def test_join_wakes_every_waiter(tmp_path):
     profile = load(local_profile(tmp_path))
     script = write_script(tmp_path / "code", "job.sh", "sleep 1\n")
@@ -169,12 +179,7 @@ def test_a_run_starts_only_once_its_placement_is_committed(tmp_path, agent):
     script = write_script(tmp_path / "code", "job.sh", f"python3 - <<'EOF'\n{check}EOF\n")
     source = Numbers(script, tmp_path / "out", 12)
 
-    async def main():
-        async with Engine(profile) as engine:
-            with journal.lease():
-                return await Driver(engine, journal, source).run()
-
-    assert run(main()) == {"completed": 12}
+    assert drive(profile, journal, source) == {"completed": 12}
 
 
 class SlowRecords(Numbers):
@@ -199,12 +204,7 @@ def test_recording_what_a_crash_left_does_not_recover_this_drivers_own_runs(tmp_
         journal.finished(seq, "completed", 0, recorded=False)
     source = SlowRecords(script, tmp_path / "out", 0)
 
-    async def main():
-        async with Engine(profile) as engine:
-            with journal.lease():
-                return await Driver(engine, journal, source).run()
-
-    assert run(main()) == {"completed": 6}
+    assert drive(profile, journal, source) == {"completed": 6}
     assert sorted(log.read_text().split()) == ["2", "3", "4", "5"]  # each once
     assert sorted(k for k, _ in source.seen) == list(range(6))  # each recorded once
 
@@ -266,13 +266,8 @@ def test_a_run_folder_is_removed_only_once_its_final_state_is_committed(tmp_path
     watcher = threading.Thread(target=watch)
     watcher.start()
 
-    async def main():
-        async with Engine(profile) as engine:
-            with journal.lease():
-                return await Driver(engine, journal, source).run()
-
     try:
-        assert run(main()) == {"completed": 7}
+        assert drive(profile, journal, source) == {"completed": 7}
     finally:
         stop.set()
         watcher.join()
