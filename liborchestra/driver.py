@@ -228,8 +228,8 @@ class Driver:
                 async with self.source.open(self), anyio.create_task_group() as tg:
                     # what the earlier driver left, read before this one starts anything: its
                     # own runs are in flight too, and must not be recovered as the earlier's
-                    left = self.journal.unrecorded(), self.journal.in_flight()
-                    tg.start_soon(self._recover_all, left, stale, names)
+                    tg.start_soon(self._recover_all, self.journal.unrecorded(),
+                                  self.journal.in_flight(), stale, names)
                     if self.policy.canary and not self.journal.meta().get("canary_passed"):
                         await self._feed(limit=self.policy.canary, started=self._canary_rows)
                         self._judge_canary()
@@ -386,13 +386,11 @@ class Driver:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    async def _recover_all(self, left: tuple[list[Row], list[Row]], stale: list[str],
+    async def _recover_all(self, unrecorded: list[Row], rows: list[Row], stale: list[str],
                            names: list[str]) -> None:
         """Beside new work: record again what a crash left unrecorded, recover or re-run what
-        an earlier driver left in flight (`left`: those two lists of rows), then release the
-        allocations it left behind (and any request of it still pending under its job
-        name)."""
-        unrecorded, rows = left
+        an earlier driver left in flight (`rows`), then release the allocations it left
+        behind (and any request of it still pending under its job name)."""
         for row in unrecorded:
             execution = self.source.execution(row, row.run or row.uuid)
             result = Result(execution, State(row.state), ecode=row.ecode, node=row.node,

@@ -352,7 +352,7 @@ class Agent:
         except FileNotFoundError:  # a new run folder
             os.makedirs(internal)
         _extract(archive, run, code, intact or frozenset())
-        direct = self.keeper_path and "argv" in order
+        direct = bool(self.keeper_path) and "argv" in order
         if not direct:  # else the keeper's spawn makes them, as it starts the script
             for name in ("stdout", "stderr"):
                 _write(os.path.join(internal, name), "")
