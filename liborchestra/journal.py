@@ -211,6 +211,15 @@ class Journal:
             return self._rows("ORDER BY seq LIMIT ?", (limit,))
         return self._rows("WHERE state = ? ORDER BY seq LIMIT ?", (state, limit))
 
+    def leftovers(self, states: Iterable[str]) -> list[Row]:
+        """Rows in `states` whose last run was placed on a node and reported no exit code:
+        its processes or run folder may linger. Chosen by SQLite, not by decoding every
+        queued row (a 100,000-row batch resumed half a second later for that)."""
+        states = list(states)
+        marks = ",".join("?" * len(states))
+        return self._rows(f"WHERE state IN ({marks}) AND COALESCE(run, '') != '' AND "
+                          "COALESCE(node, '') != '' AND ecode IS NULL ORDER BY seq", tuple(states))
+
     def _rows(self, where: str, args: tuple) -> list[Row]:
         query = f"SELECT {_COLUMNS} FROM executions {where}"
         return [_row(r) for r in self.db.execute(query, args)]

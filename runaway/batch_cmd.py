@@ -131,8 +131,8 @@ async def reap_leftovers(engine: Engine | Federation, journal: Journal, meta: di
     """Kill and remove what interrupted runs left (after a triple Ctrl-C, or a cancel): rows
     not in flight whose last run may still have a process or a run folder. Each run once
     (marked `reaped` in the row's payload)."""
-    rows = [r for state in LEFTOVER_STATES for r in journal.rows(state)
-            if r.run and r.node and r.ecode is None and r.payload.get("reaped") != _attempt(r)]
+    rows = [r for r in journal.leftovers(LEFTOVER_STATES)
+            if r.payload.get("reaped") != _attempt(r)]
     if not rows:
         return
     count = await remove_leftovers(engine, rows, Path(str(meta["script"])))

@@ -72,3 +72,27 @@ def test_a_record_file_is_written_whole_and_its_folder_made(tmp_path):
     write_record(folder, {**data, "ecode": 3})  # replaced whole
     assert json.loads((folder / "runaway.json").read_text())["ecode"] == 3
     assert sorted(p.name for p in folder.iterdir()) == ["runaway.json"]  # no temporary left
+
+
+def test_leftovers_are_the_placed_runs_that_never_reported_an_exit_code(tmp_path):
+    journal = _journal(tmp_path, n=6)
+    # 1: never started. 2: drained after placement (its folder may linger). 3: requeued
+    # before any node took it. 4: cancelled after it exited. 5: lost on a node. 6: completed.
+    journal.started(2, "u1")
+    journal.placed(2, "node1", "0")
+    journal.finished(2, "queued", None, "drained")
+    journal.started(3, "u2")
+    journal.finished(3, "queued", None, "interrupted")
+    journal.started(4, "u3")
+    journal.placed(4, "node2", "1")
+    journal.finished(4, "cancelled", 0)
+    journal.started(5, "u4")
+    journal.placed(5, "node3", "2")
+    journal.finished(5, "lost", None, "node down", lost=True)
+    journal.started(6, "u5")
+    journal.placed(6, "node1", "1")
+    journal.finished(6, "completed", 0)
+    found = journal.leftovers(("queued", "cancelled", "lost"))
+    assert [(r.seq, r.state, r.node) for r in found] == [(2, "queued", "node1"),
+                                                         (5, "lost", "node3")]
+    assert journal.leftovers(("lost",)) == [journal.get(5)]
