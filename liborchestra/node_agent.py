@@ -89,33 +89,49 @@ def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -
 
 def result_files(run: str, patterns: list[str]) -> list[str]:
     """What the results tar holds, as `find -newermt @1` chose it: the files and links the run
-    made or changed (ignored ones and `.orchestra` pruned), then the record."""
+    made or changed (ignored ones and `.orchestra` pruned), then the record. One pass of
+    scandir, a file's time looked at before the ignore rules: the code's files are walked on
+    every execution (16 us each with os.walk and the rules first: a batch with 1,000 files of
+    code ran at 61 executions/s on local, against 540 with two)."""
     since = CODE_TIME * 10**9
-    chosen = []
-    for root, dirs, files in os.walk(run):
-        rel_root = os.path.relpath(root, run)
-        keep = []
-        for name in sorted(dirs):
-            rel = name if rel_root == "." else rel_root + "/" + name
-            path = os.path.join(root, name)
-            if rel == INTERNAL or ignored(patterns, rel, True):
-                continue
-            if os.path.islink(path):  # os.walk does not follow links: a link is a file here
-                if os.lstat(path).st_mtime_ns > since:
-                    chosen.append(rel)
-                continue
-            keep.append(name)
-        dirs[:] = keep
-        for name in sorted(files):
-            rel = name if rel_root == "." else rel_root + "/" + name
-            if ignored(patterns, rel, False):
-                continue
-            if os.lstat(os.path.join(root, name)).st_mtime_ns > since:
-                chosen.append(rel)
+    chosen: list[str] = []
+    _newer(run, "", patterns, since, chosen)
     for name in ("stdout", "stderr", "ecode"):
         if os.path.lexists(os.path.join(run, INTERNAL, name)):
             chosen.append(INTERNAL + "/" + name)
     return chosen
+
+
+def _newer(folder: str, rel_root: str, patterns: list[str], since: int,
+           chosen: list[str]) -> None:
+    """Into `chosen`, in os.walk's order (a folder's links to folders, then its files, then
+    each subfolder in turn, by name): what is newer than `since` under `folder`."""
+    try:
+        with os.scandir(folder) as found:
+            entries = sorted(found, key=lambda e: e.name)
+    except OSError:  # unreadable, or gone: skipped, as os.walk skips it
+        return
+    below = []
+    for entry in entries:
+        if not entry.is_dir():  # files, links to files, broken links
+            continue
+        rel = entry.name if not rel_root else rel_root + "/" + entry.name
+        if rel == INTERNAL or ignored(patterns, rel, True):
+            continue
+        if entry.is_symlink():  # not followed: a link is a file here
+            if entry.stat(follow_symlinks=False).st_mtime_ns > since:
+                chosen.append(rel)
+            continue
+        below.append((entry.path, rel))
+    for entry in entries:
+        if entry.is_dir():
+            continue
+        if entry.stat(follow_symlinks=False).st_mtime_ns > since:
+            rel = entry.name if not rel_root else rel_root + "/" + entry.name
+            if not ignored(patterns, rel, False):
+                chosen.append(rel)
+    for path, rel in below:
+        _newer(path, rel, patterns, since, chosen)
 
 
 def _small_record(run: str, files: list[str]) -> dict | None:
