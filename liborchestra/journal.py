@@ -176,10 +176,13 @@ class Journal:
         insert = "INSERT INTO executions (uuid, argv, label, payload) VALUES (?, ?, ?, ?)"
         total = 0
         batch: list[tuple[str, str, str, str]] = []
+        last: tuple = (None, "")  # repeats (`-x N`) share their arguments: encoded once
         with self.db:
             for uuid, argv, label, *payload in points:
-                batch.append((uuid, json.dumps(list(argv)), label,
-                              json.dumps(payload[0] if payload else {})))
+                if argv != last[0]:
+                    last = (argv, json.dumps(list(argv)))
+                batch.append((uuid, last[1], label,
+                              json.dumps(payload[0]) if payload and payload[0] else "{}"))
                 if len(batch) >= chunk:
                     self.db.executemany(insert, batch)
                     total += len(batch)
