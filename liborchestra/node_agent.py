@@ -61,7 +61,7 @@ INTERNAL, SPAWN, KeeperHandle = node_keeper.INTERNAL, node_keeper.SPAWN, node_ke
 script_fd, spawn_wrapper, wrapper_source = (node_keeper.script_fd, node_keeper.spawn_wrapper,
                                             node_keeper.wrapper_source)
 write_bytes, write_in_place = node_keeper.write_bytes, node_keeper.write_in_place
-SPARES, Spares = node_spares.SPARES, node_spares.Spares
+SPARES, Spares, intact_file = node_spares.SPARES, node_spares.Spares, node_spares.intact_file
 
 PROTOCOL = 5
 _COPY = 1 << 20
@@ -87,15 +87,17 @@ def ignored(patterns: list[str] | tuple[str, ...], relpath: str, is_dir: bool) -
     return False
 
 
-def result_files(run: str, patterns: list[str]) -> list[str]:
+def result_files(run: str, patterns: list[str], members: dict | None = None,
+                 known: set | None = None) -> list[str]:
     """What the results tar holds, as `find -newermt @1` chose it: the files and links the run
     made or changed (ignored ones and `.orchestra` pruned), then the record. One pass of
     scandir, a file's time looked at before the ignore rules: the code's files are walked on
     every execution (16 us each with os.walk and the rules first: a batch with 1,000 files of
-    code ran at 61 executions/s on local, against 540 with two)."""
+    code ran at 61 executions/s on local, against 540 with two). With the code's `members`,
+    the code files still as archived go into `known`, for the spare folder it may become."""
     since = CODE_TIME * 10**9
     chosen: list[str] = []
-    _newer(run, "", patterns, since, chosen)
+    _newer(run, "", patterns, since, chosen, members or {}, known)
     for name in ("stdout", "stderr", "ecode"):
         if os.path.lexists(os.path.join(run, INTERNAL, name)):
             chosen.append(INTERNAL + "/" + name)
@@ -103,7 +105,7 @@ def result_files(run: str, patterns: list[str]) -> list[str]:
 
 
 def _newer(folder: str, rel_root: str, patterns: list[str], since: int,
-           chosen: list[str]) -> None:
+           chosen: list[str], members: dict, known: set | None) -> None:
     """Into `chosen`, in os.walk's order (a folder's links to folders, then its files, then
     each subfolder in turn, by name): what is newer than `since` under `folder`."""
     try:
@@ -126,12 +128,15 @@ def _newer(folder: str, rel_root: str, patterns: list[str], since: int,
     for entry in entries:
         if entry.is_dir():
             continue
-        if entry.stat(follow_symlinks=False).st_mtime_ns > since:
-            rel = entry.name if not rel_root else rel_root + "/" + entry.name
+        st = entry.stat(follow_symlinks=False)
+        rel = entry.name if not rel_root else rel_root + "/" + entry.name
+        if st.st_mtime_ns > since:
             if not ignored(patterns, rel, False):
                 chosen.append(rel)
+        elif known is not None and rel in members and intact_file(entry, st, members[rel]):
+            known.add(rel)
     for path, rel in below:
-        _newer(path, rel, patterns, since, chosen)
+        _newer(path, rel, patterns, since, chosen, members, known)
 
 
 def _small_record(run: str, files: list[str]) -> dict | None:
@@ -298,7 +303,8 @@ class Agent:
         self.holding = 0  # frames are held back (see `held`)
         self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
         self.spares = Spares(INTERNAL)
-        self.ended: dict = {}  # run folder -> (bytes of code, archive), for runs wholly gone
+        self.ended: dict = {}  # run folder -> (bytes of code, archive, intact code files), for
+        # runs wholly gone
         self.removals: list = []  # threads removing run folders
 
     def send(self, header: dict, payload=None, size: int = 0) -> None:
@@ -410,13 +416,16 @@ class Agent:
         """Send a run's results; its folder may hold a later run when nothing of it is left.
         A tar is packed on a thread of its own (unless `inline`: the caller's is the run's
         own): a big one must not hold up the others."""
-        if alone and size is not None:
-            if len(self.ended) >= 4 * SPARES:  # never discarded (leave: everything)
-                with contextlib.suppress(RuntimeError, StopIteration):  # popped meanwhile
-                    self.ended.pop(next(iter(self.ended)), None)
-            self.ended[run] = size
+        keep = alone and size is not None
+        code = self.codes.get(size[1]) if keep else None
+        known: set | None = set() if code else None
         try:
-            files = result_files(run, patterns)
+            files = result_files(run, patterns, code.files if code else None, known)
+            if keep:
+                if len(self.ended) >= 4 * SPARES:  # never discarded (leave: everything)
+                    with contextlib.suppress(RuntimeError, StopIteration):  # popped meanwhile
+                        self.ended.pop(next(iter(self.ended)), None)
+                self.ended[run] = (*size, frozenset(known or ()))
             record = _small_record(run, files)
             if record is not None:  # nothing but a small record: no tar to make or to read
                 self.send({"op": "done", "id": ident, "record": record})

@@ -43,9 +43,11 @@ class Spares:
         self.bytes = 0
 
     def keep(self, run: str, held: tuple) -> bool:
-        """Move `run` aside (`held`: the bytes and the archive of the code in it); False when
-        the spares are full (then it is removed)."""
-        size, archive = held
+        """Move `run` aside (`held`: the bytes and the archive of the code in it, and the code
+        files its results' scan found intact, if any); False when the spares are full (then
+        it is removed)."""
+        size, archive = held[:2]
+        known = held[2] if len(held) > 2 else frozenset()
         if len(self.free) >= SPARES or self.bytes + size > SPARE_BYTES:
             return False
         if not self.folder:
@@ -56,7 +58,7 @@ class Spares:
         spare = os.path.join(self.folder, str(self.made))
         self.made += 1
         os.rename(run, spare)
-        self.free.append((spare, size, archive))
+        self.free.append((spare, size, archive, known))
         self.bytes += size
         return True
 
@@ -67,18 +69,20 @@ class Spares:
         time and mode as archived, as rsync tells them) and need no rewriting. None when
         there is no spare."""
         while self.free:
-            spare, size, held = self.free.pop()
+            spare, size, held, known = self.free.pop()
             self.bytes -= size
             intact: set = set()
-            try:
-                _clear(spare, self.internal, files, "", intact)
+            try:  # the files found intact when its run ended, for this archive, are not
+                # looked at again (a second stat of every file of the code per execution)
+                _clear(spare, self.internal, files, "", intact,
+                       known if held == archive else frozenset())
             except OSError:
                 shutil.rmtree(spare, ignore_errors=True)
                 continue
             try:
                 os.rename(spare, run)
             except OSError:  # `run` is there already (a resumed run): keep the spare
-                self.free.append((spare, size, held))
+                self.free.append((spare, size, held, known))
                 self.bytes += size
                 return None
             return frozenset(intact) if held == archive else frozenset()
@@ -89,10 +93,23 @@ class Spares:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _clear(folder: str, internal: str, files: dict, rel: str, intact: set) -> None:
+def intact_file(entry, st, member: tuple) -> bool:
+    """Whether a directory entry (`st`: its lstat) is a code file as archived (`member`: kind,
+    mode, size, mtime), ours to write in place: size, time and mode as rsync tells them."""
+    kind, mode, size, mtime = member
+    return kind == "f" and entry.is_file(follow_symlinks=False) and bool(st.st_mode & 0o200) \
+        and st.st_nlink == 1 and st.st_size == size \
+        and st.st_mtime_ns == int(mtime * 10**9) and stat.S_IMODE(st.st_mode) == mode
+
+
+def _clear(folder: str, internal: str, files: dict, rel: str, intact: set,
+           known: frozenset) -> None:
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name if not rel else rel + "/" + entry.name
+            if name in known:
+                intact.add(name)
+                continue
             if name == internal:
                 with os.scandir(entry.path) as found:
                     records = list(found)
@@ -102,18 +119,17 @@ def _clear(folder: str, internal: str, files: dict, rel: str, intact: set) -> No
                     elif record.name not in KEPT:
                         _remove(record)
                 continue
-            kind, mode, size, mtime = files.get(name, ("", 0, 0, 0))
+            member = files.get(name, ("", 0, 0, 0))
             st = entry.stat(follow_symlinks=False)
             if entry.is_dir(follow_symlinks=False):
-                if kind == "d" and st.st_mode & 0o700 == 0o700:
-                    _clear(entry.path, internal, files, name, intact)
+                if member[0] == "d" and st.st_mode & 0o700 == 0o700:
+                    _clear(entry.path, internal, files, name, intact, known)
                 else:
                     shutil.rmtree(entry.path)
-            elif kind != "f" or not entry.is_file(follow_symlinks=False) \
+            elif member[0] != "f" or not entry.is_file(follow_symlinks=False) \
                     or not st.st_mode & 0o200 or st.st_nlink != 1:  # a link: not ours to write
                 os.unlink(entry.path)
-            elif st.st_size == size and st.st_mtime_ns == int(mtime * 10**9) \
-                    and stat.S_IMODE(st.st_mode) == mode:
+            elif intact_file(entry, st, member):
                 intact.add(name)
 
 

@@ -35,3 +35,22 @@ def test_results_are_the_new_files_and_links_in_walk_order_without_ignored_ones(
                      "pkg/sub/new.bin", "z/deep/er/last.txt",
                      f"{INTERNAL}/stdout", f"{INTERNAL}/stderr", f"{INTERNAL}/ecode"]
 
+
+
+def test_the_scan_names_the_code_files_still_as_archived_for_the_spare_folder(tmp_path):
+    run = tmp_path / "run"
+    members = {}
+    for rel in ("same.py", "sub/same.py", "edited.py", "chmodded.py", "linked.py", "grown.py"):
+        _file(run / rel, old=True)
+        (run / rel).chmod(0o644)
+        members[rel] = ("f", 0o644, 1, 0)
+    members["sub"] = ("d", 0o755, 0, 0)
+    _file(run / "edited.py")  # rewritten by the run: a result, not intact
+    (run / "chmodded.py").chmod(0o755)  # its time unchanged, its mode not as archived
+    os.link(run / "linked.py", tmp_path / "elsewhere")  # not ours to write in place
+    (run / "grown.py").write_text("xx")
+    os.utime(run / "grown.py", (0, 0))  # an old time, another size
+    known: set = set()
+    found = result_files(str(run), [], members, known)
+    assert found == ["edited.py"]
+    assert known == {"same.py", "sub/same.py"}
