@@ -303,8 +303,8 @@ class Agent:
         self.holding = 0  # frames are held back (see `held`)
         self.codes: dict = {}  # archive path -> Code (or None: extract from disk)
         self.spares = Spares(INTERNAL)
-        self.ended: dict = {}  # run folder -> (bytes of code, archive, intact code files), for
-        # runs wholly gone
+        self.ended: dict = {}  # run folder -> ((bytes of code, archive), intact code files),
+        # for runs wholly gone
         self.removals: list = []  # threads removing run folders
 
     def send(self, header: dict, payload=None, size: int = 0) -> None:
@@ -418,14 +418,14 @@ class Agent:
         own): a big one must not hold up the others."""
         keep = alone and size is not None
         code = self.codes.get(size[1]) if keep else None
-        known: set | None = set() if code else None
+        known: set = set()
         try:
             files = result_files(run, patterns, code.files if code else None, known)
             if keep:
                 if len(self.ended) >= 4 * SPARES:  # never discarded (leave: everything)
                     with contextlib.suppress(RuntimeError, StopIteration):  # popped meanwhile
                         self.ended.pop(next(iter(self.ended)), None)
-                self.ended[run] = (*size, frozenset(known or ()))
+                self.ended[run] = (size, frozenset(known))
             record = _small_record(run, files)
             if record is not None:  # nothing but a small record: no tar to make or to read
                 self.send({"op": "done", "id": ident, "record": record})
@@ -458,9 +458,9 @@ class Agent:
         gone = []
         for folder in dirs:
             run = _expand(folder)
-            size = self.ended.pop(run, None)
+            ended = self.ended.pop(run, None)
             try:
-                if size is not None and self.spares.keep(run, size):
+                if ended is not None and self.spares.keep(run, *ended):
                     continue
             except OSError:
                 pass

@@ -42,12 +42,11 @@ class Spares:
         self.made = 0
         self.bytes = 0
 
-    def keep(self, run: str, held: tuple) -> bool:
-        """Move `run` aside (`held`: the bytes and the archive of the code in it, and the code
-        files its results' scan found intact, if any); False when the spares are full (then
-        it is removed)."""
-        size, archive = held[:2]
-        known = held[2] if len(held) > 2 else frozenset()
+    def keep(self, run: str, held: tuple, known: frozenset = frozenset()) -> bool:
+        """Move `run` aside (`held`: the bytes and the archive of the code in it; `known`: the
+        code files its results' scan found intact); False when the spares are full (then it
+        is removed)."""
+        size, archive = held
         if len(self.free) >= SPARES or self.bytes + size > SPARE_BYTES:
             return False
         if not self.folder:
@@ -66,8 +65,8 @@ class Spares:
         """Move a spare folder to `run`, emptied of all but the code's files and folders
         (`files`: path -> kind, mode, size, mtime), which are rewritten in place, the same
         inodes. When it held the same archive, the code files it returns are intact (size,
-        time and mode as archived, as rsync tells them) and need no rewriting. None when
-        there is no spare."""
+        time and mode as archived, as rsync tells them, when looked at here or when its run
+        ended) and need no rewriting. None when there is no spare."""
         while self.free:
             spare, size, held, known = self.free.pop()
             self.bytes -= size

@@ -36,7 +36,6 @@ def test_results_are_the_new_files_and_links_in_walk_order_without_ignored_ones(
                      f"{INTERNAL}/stdout", f"{INTERNAL}/stderr", f"{INTERNAL}/ecode"]
 
 
-
 def test_the_scan_names_the_code_files_still_as_archived_for_the_spare_folder(tmp_path):
     run = tmp_path / "run"
     members = {}

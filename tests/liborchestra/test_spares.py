@@ -131,11 +131,11 @@ def test_the_files_found_intact_when_the_run_ended_count_only_for_the_same_archi
     (run / ".orchestra").mkdir(parents=True)
     (run / "code.txt").write_text("x")
     spares = Spares(".orchestra")
-    assert spares.keep(str(run), (1, "archive-a", frozenset({"code.txt"})))
+    assert spares.keep(str(run), (1, "archive-a"), frozenset({"code.txt"}))
     # its mode is not as archived: looked at again, it would be rewritten
     files = {"code.txt": ("f", 0o600, 1, 0)}
     assert spares.take(str(tmp_path / "root/runs/b"), "archive-a", files) == {"code.txt"}
-    spares.keep(str(tmp_path / "root/runs/b"), (1, "archive-b", frozenset({"code.txt"})))
+    spares.keep(str(tmp_path / "root/runs/b"), (1, "archive-b"), frozenset({"code.txt"}))
     # another archive, without that file: what the scan knew does not keep it
     assert spares.take(str(tmp_path / "root/runs/c"), "archive-c", {}) == frozenset()
     assert os.listdir(tmp_path / "root/runs/c") == [".orchestra"]
