@@ -161,23 +161,36 @@ class Launcher:
                              archive: CodeArchive) -> dict[str, bytes]:
         rules = self._prepared(execution).rules
         pack = pack_command(self.run_dir(execution), rules)
-        self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle,
-                                          slot.allocation.id, archive.digest))
+        started = False
+
+        def start() -> None:
+            """Say it started as its order is made, not before the node's agent is up (which
+            can take seconds): the barrier that sends the order, at most the agent's
+            FLUSH_DELAY later, commits the placement the event records, so whoever reads the
+            event and asks the journal finds the execution running."""
+            nonlocal started
+            if not started:
+                started = True
+                self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle,
+                                                  slot.allocation.id, archive.digest))
+
         if self.agents is not None and not execution.stream:
-            agent_sink = await self._through_agent(shell, slot, execution, archive, rules, pack)
+            agent_sink = await self._through_agent(shell, slot, execution, archive, rules, pack,
+                                                   start)
             if agent_sink is not None:
                 return self._store(shell, execution, agent_sink)
+        start()
         sink = ResultSink()
-        start, runner = self.start_command(slot, execution, archive)
+        command, runner = self.start_command(slot, execution, archive)
         errors: list[bytes] = []
         self.barrier()
         try:
             if execution.stream:
-                status = await self._stream(shell, execution, start, runner)
+                status = await self._stream(shell, execution, command, runner)
                 if status not in (_SETUP_FAILED, _CODE_MISSING):
                     status = await shell.stream(pack, sink.write, errors.append)
             else:
-                status = await shell.stream(f"{start}\nwait $pid\n{pack}", sink.write,
+                status = await shell.stream(f"{command}\nwait $pid\n{pack}", sink.write,
                                             errors.append, input=runner)
         except ConnectionLostError as error:
             self.emit(events.ConnectionProblem(shell.name, str(error)))
@@ -193,8 +206,8 @@ class Launcher:
         return self._store(shell, execution, sink)
 
     async def _through_agent(self, shell: Shell, slot: Slot, execution: Execution,
-                             archive: CodeArchive, rules: IgnoreRules,
-                             pack: str) -> ResultSink | Record | None:
+                             archive: CodeArchive, rules: IgnoreRules, pack: str,
+                             start: Callable[[], None]) -> ResultSink | Record | None:
         """The node agent starts it and sends the results back; None when the node has no
         agent. When the agent dies meanwhile, reattach to the run folder like after any lost
         connection."""
@@ -203,6 +216,7 @@ class Launcher:
                 "archive": f"{root}/code/{archive.name}", "ignore": list(rules.patterns)}
 
         def order(direct: bool) -> dict:
+            start()
             if not direct or self.settings.setup or self.settings.execution:
                 return dict(base, runner=self.runner_script(slot, execution, archive,
                                                             touch=False))

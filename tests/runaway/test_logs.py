@@ -90,6 +90,34 @@ def test_logs_live_followed_and_fetched_on_local(tmp_path):
     assert nothing.returncode == 2 and "no execution of batch talk is running" in nothing.stderr
 
 
+def test_an_execution_said_started_is_running_for_logs_while_its_agent_was_slow(tmp_path):
+    """`started` is said as the order leaves, once the node's agent is up: not before (the
+    event said it while this slow interpreter was starting, and `logs` then found nothing
+    running in the journal)."""
+    slow = tmp_path / "slow-python"
+    slow.write_text('#!/bin/sh\nsleep 1\nexec python3 "$@"\n')
+    slow.chmod(0o755)
+    gate = tmp_path / "gate"
+    gate.touch()
+    script = write_script(tmp_path / "code", "wait.sh", f"""\
+        #!/usr/bin/env bash
+        while [ -e {gate} ]; do sleep 0.1; done
+        """)
+    profile = local_profile(tmp_path, slots=2, agent=str(slow))
+    proc = _batch(profile, script, "slow", tmp_path, "{a;b}")
+    try:
+        wait_started(proc, 2)
+        listing = runaway("logs", "slow", cwd=tmp_path)
+        assert listing.returncode == 0, listing.stderr
+        assert "2 executions of batch slow are running" in listing.stdout
+    finally:
+        if gate.exists():
+            gate.unlink()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert [state for _, state in _rows(tmp_path / "batch/slow")] == ["completed", "completed"]
+
+
 def test_logs_of_an_exec_run_and_clear_errors(tmp_path):
     script = write_script(tmp_path / "code", "hi.sh", "#!/usr/bin/env bash\necho hi $1\n")
     profile = local_profile(tmp_path)
