@@ -7,9 +7,13 @@ sampled: memory must stay flat while executions stream through the journal."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,9 +64,21 @@ def _completed(folder: Path) -> int:
         db.close()
 
 
-def run(n: int = 100_000, first: float = 30.0, total: float = 60.0) -> list[dict]:
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, \
-            tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as remote:
+def label_of(n: int, done: int, elapsed: float) -> str:
+    return f"batch of {n:,} on local ({done:,} completed in {elapsed:.0f} s)"
+
+
+def _folder(where: str | None):
+    if where is None:
+        return tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
+    return contextlib.nullcontext(tempfile.mkdtemp(dir=where))
+
+
+def run(n: int = 100_000, first: float = 30.0, total: float = 60.0,
+        where: str | None = None) -> list[dict]:
+    """`where`: make the folders there and keep them (see `compare`); default: a temporary
+    folder, removed at the end."""
+    with _folder(where) as tmp, _folder(where) as remote:
         folder = Path(tmp)
         (folder / "true.sh").write_text("true\n")
         (folder / "scale.yml").write_text(yaml.safe_dump({
@@ -86,10 +102,12 @@ def run(n: int = 100_000, first: float = 30.0, total: float = 60.0) -> list[dict
         elapsed = time.perf_counter() - origin
         done = _completed(folder)
     span = samples[-1][0]
+    rate = {"benchmark": label_of(n, done, elapsed), "tool": "completed executions",
+            "value": done, "unit": "executions", "ratio": 1.0}
     early = [rss for t, rss in samples if t < span / 4]
     late = [rss for t, rss in samples if t >= span / 2]
-    label = f"batch of {n:,} on local ({done:,} completed in {elapsed:.0f} s)"
-    return [
+    label = label_of(n, done, elapsed)
+    return [rate,
         {"benchmark": label, "tool": "driver RSS, first quarter (peak)", "value": max(early),
          "unit": "MiB", "ratio": 1.0},
         {"benchmark": label, "tool": "driver RSS, second half (peak)", "value": max(late),
@@ -99,3 +117,37 @@ def run(n: int = 100_000, first: float = 30.0, total: float = 60.0) -> list[dict
         {"benchmark": label, "tool": "--resume start to first execution", "value": restart,
          "unit": "s", "ratio": restart / created},
     ]
+
+
+def compare(base: str, pairs: int = 3, n: int = 100_000, total: float = 60.0) -> list[dict]:
+    """Completed executions in `total` seconds, this tree's tools against an older checkout's
+    (`base`, e.g. a `git worktree` of the code before the node agent; put first on the
+    drivers' PYTHONPATH), in interleaved pairs. Every run's folders are kept until the end: on
+    this machine's ext4 a batch made just after 150,000 files were removed ran up to a quarter
+    slower."""
+    here = str(Path(__file__).resolve().parent.parent)
+    done: dict[str, list[int]] = {"base": [], "this tree": []}
+    keep = tempfile.mkdtemp(prefix="batch-scale-")
+    saved = os.environ.get("PYTHONPATH")
+    try:
+        for _ in range(pairs):
+            for name, tree in (("base", base), ("this tree", here)):
+                os.environ["PYTHONPATH"] = tree
+                done[name].append(run(n, total / 2, total, where=keep)[0]["value"])
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+        shutil.rmtree(keep, ignore_errors=True)
+    label = f"batch of {n:,} on local: completed in {total:.0f} s, {pairs} interleaved pairs"
+    median = {name: statistics.median(values) for name, values in done.items()}
+    return [{"benchmark": label, "tool": f"{name} ({', '.join(f'{v:,}' for v in values)})",
+             "value": median[name], "unit": "executions",
+             "ratio": median["this tree"] / median[name]} for name, values in done.items()]
+
+
+if __name__ == "__main__":
+    against = sys.argv.index("--against") + 1 if "--against" in sys.argv else 0
+    for row in compare(sys.argv[against]) if against else run():
+        print(f"{row['tool']:55s} {row['value']:10,.2f} {row['unit']}  ratio {row['ratio']:.2f}")
