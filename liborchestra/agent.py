@@ -40,6 +40,7 @@ DEATHS = 3  # an agent that dies this often within DEATH_WINDOW seconds is given
 DEATH_WINDOW = 60.0
 START_TIMEOUT = 60.0
 _CHUNK = 1 << 20
+LEAVE_TIMEOUT = 30.0  # seconds an agent has to remove its folders at the end
 FLUSH_DELAY = 0.002  # seconds frames to the agent wait for others (1.4 runs a write at 2 ms on
 # the test bed's busiest batches; a turn of the event loop alone gave 1.2)
 _NO_PYTHON, _OLD_PYTHON = 43, 44
@@ -101,6 +102,15 @@ class Agents:
         client.send({"op": "discard", "dirs": dirs})
         return True
 
+    async def leave(self, timeout: float = LEAVE_TIMEOUT) -> None:
+        """End every agent's input and wait until each has left: it removes its spare folders
+        and the last ones discarded as it goes. Before the allocations go, which would kill
+        an agent in an srun step midway and leave the folders behind."""
+        leaving = [client for client in self._clients.values() if client.leave()]
+        with anyio.move_on_after(timeout):
+            for client in leaving:
+                await client.left.wait()
+
 
 class _Client:
     def __init__(self, shell: Shell, root: str, python: str,
@@ -118,6 +128,8 @@ class _Client:
         self.direct = False  # the agent runs scripts without a wrapper
         self._frames: list[bytes] = []  # written together, FLUSH_DELAY after the first
         self._sent: list[str] = []  # the ids of the runs among them
+        self.leaving = False  # told to leave: its end of output is no problem
+        self.left = anyio.Event()  # set when its channel has closed
 
     def send(self, frame: dict) -> None:
         """Queue a frame for the agent. The frames of the next FLUSH_DELAY leave in one write:
@@ -129,7 +141,19 @@ class _Client:
         if frame.get("op") == "run":
             self._sent.append(frame["id"])
 
+    def leave(self) -> bool:
+        """Send what is queued, then the end of input; False when no agent runs here."""
+        if self.pipe is None:
+            return False
+        self.leaving = True
+        self._flush()
+        if self.pipe is not None:
+            self.pipe.write_eof()
+        return True
+
     def _flush(self) -> None:
+        if not self._frames:  # sent already, by `leave`
+            return
         frames, self._frames = b"".join(self._frames), []
         sent, self._sent = self._sent, []
         try:
@@ -197,6 +221,9 @@ class _Client:
         finally:
             up, self.pipe, self._starting = self.pipe is not None, None, None
             started.set()
+            self.left.set()
+            if self.leaving:
+                reason = ""
             if up or reason:
                 self._ended(reason)
 

@@ -127,6 +127,7 @@ class Engine:
         if exc_type is None:
             try:
                 await self.join()
+                await self._discard_last()
             except BaseException as error:  # cancelled while waiting: clean up as on error
                 caught = error
                 exc_type, exc, tb = type(error), error, error.__traceback__
@@ -139,6 +140,14 @@ class Engine:
         if caught is not None and not suppressed:
             raise caught
         return suppressed
+
+    async def _discard_last(self) -> None:
+        """Hand the last run folders to the nodes' agents while they still run, and let them
+        leave: the folders go with their spares, instead of by one `rm` per 200 folders and
+        node once the agents are gone (0.17 s of a 2,000-run batch's end on the bed)."""
+        await self.launcher.sweep()
+        if self.agents is not None:
+            await self.agents.leave()
 
     async def join(self) -> None:
         """Wait until every submitted execution has finished (any number of waiters: they

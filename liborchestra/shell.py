@@ -27,6 +27,9 @@ class Pipe(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def write_eof(self) -> None:
+        """End its input (what was written goes first); the command ends when it sees it."""
+
     async def readline(self) -> bytes:
         """One line, b"" at end of output."""
 
@@ -71,6 +74,10 @@ class _StreamPipe:
             self._writer.write(data)
         except (*lost_errors(), RuntimeError) as error:  # RuntimeError: asyncio's closed pipe
             raise ConnectionLostError(f"{self.name}: pipe closed: {error}") from None
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(*lost_errors(), OSError, RuntimeError):  # gone: ended already
+            self._writer.write_eof()
 
     async def readline(self) -> bytes:
         try:

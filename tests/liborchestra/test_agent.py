@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from liborchestra.profile import ProfileError, parse_profile
 from tests.helpers import slurm_profile, ssh_options, write_profile, write_script
@@ -118,6 +119,25 @@ def test_the_agent_runs_in_an_srun_step(testbed, tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
     assert len(_names(seen, "AgentStarted")) == 1
     exactly_once(log, 10)
+    assert slurm_jobs_left(testbed) == []
+
+
+@pytest.mark.parametrize("reach", ["ssh", "srun"])
+def test_the_agents_leave_no_run_or_spare_folder_behind(testbed, tmp_path, reach):
+    """The last run folders go to the agents, which remove them with their spares as they
+    leave; the driver waits for that before the allocation goes (which kills an agent in an
+    srun step)."""
+    script = write_script(tmp_path / "code", "hi.sh", "#!/usr/bin/env bash\necho hi $1\n")
+    profile = slurm_profile(testbed, tmp_path, reach=reach)
+    proc = _batch(profile, script, "leave", 60, tmp_path)
+    seen = _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert _names(seen, "ConnectionProblem") == []  # leaving is not a lost agent
+    assert len(_names(seen, "ExecutionFinished")) == 60
+    root = yaml.safe_load(profile.read_text())["directory"]
+    left = testbed.ssh("node1", f"find {root}/runs {root}/spare -mindepth 1 | head -3",
+                       check=False)
+    assert left.returncode == 0 and left.stdout == "", left.stdout + left.stderr
     assert slurm_jobs_left(testbed) == []
 
 
