@@ -20,8 +20,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import yaml
+
+COMPLETED = "completed executions"
 
 
 def _rss_mb(pid: int) -> float:
@@ -64,10 +67,6 @@ def _completed(folder: Path) -> int:
         db.close()
 
 
-def label_of(n: int, done: int, elapsed: float) -> str:
-    return f"batch of {n:,} on local ({done:,} completed in {elapsed:.0f} s)"
-
-
 def _folder(where: str | None):
     if where is None:
         return tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
@@ -102,12 +101,12 @@ def run(n: int = 100_000, first: float = 30.0, total: float = 60.0,
         elapsed = time.perf_counter() - origin
         done = _completed(folder)
     span = samples[-1][0]
-    rate = {"benchmark": label_of(n, done, elapsed), "tool": "completed executions",
-            "value": done, "unit": "executions", "ratio": 1.0}
     early = [rss for t, rss in samples if t < span / 4]
     late = [rss for t, rss in samples if t >= span / 2]
-    label = label_of(n, done, elapsed)
-    return [rate,
+    label = f"batch of {n:,} on local ({done:,} completed in {elapsed:.0f} s)"
+    return [
+        {"benchmark": label, "tool": COMPLETED, "value": done, "unit": "executions",
+         "ratio": 1.0},
         {"benchmark": label, "tool": "driver RSS, first quarter (peak)", "value": max(early),
          "unit": "MiB", "ratio": 1.0},
         {"benchmark": label, "tool": "driver RSS, second half (peak)", "value": max(late),
@@ -128,17 +127,13 @@ def compare(base: str, pairs: int = 3, n: int = 100_000, total: float = 60.0) ->
     here = str(Path(__file__).resolve().parent.parent)
     done: dict[str, list[int]] = {"base": [], "this tree": []}
     keep = tempfile.mkdtemp(prefix="batch-scale-")
-    saved = os.environ.get("PYTHONPATH")
     try:
         for _ in range(pairs):
             for name, tree in (("base", base), ("this tree", here)):
-                os.environ["PYTHONPATH"] = tree
-                done[name].append(run(n, total / 2, total, where=keep)[0]["value"])
+                with mock.patch.dict(os.environ, PYTHONPATH=tree):  # the drivers' code
+                    rows = run(n, total / 2, total, where=keep)
+                done[name].append(next(r["value"] for r in rows if r["tool"] == COMPLETED))
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
         shutil.rmtree(keep, ignore_errors=True)
     label = f"batch of {n:,} on local: completed in {total:.0f} s, {pairs} interleaved pairs"
     median = {name: statistics.median(values) for name, values in done.items()}

@@ -10,6 +10,7 @@ process group.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -161,19 +162,12 @@ class Launcher:
                              archive: CodeArchive) -> dict[str, bytes]:
         rules = self._prepared(execution).rules
         pack = pack_command(self.run_dir(execution), rules)
-        started = False
-
-        def start() -> None:
-            """Say it started as its order is made, not before the node's agent is up (which
-            can take seconds): the barrier that sends the order, at most the agent's
-            FLUSH_DELAY later, commits the placement the event records, so whoever reads the
-            event and asks the journal finds the execution running."""
-            nonlocal started
-            if not started:
-                started = True
-                self.emit(events.ExecutionStarted(execution.uuid, slot.node.name, slot.handle,
-                                                  slot.allocation.id, archive.digest))
-
+        # Said as its order is made, not before the node's agent is up (which can take
+        # seconds): the barrier that sends the order, at most the agent's FLUSH_DELAY later,
+        # commits the placement the event records, so whoever reads the event and asks the
+        # journal finds the execution running. Once: by the order, or below without an agent.
+        start = functools.partial(self.emit, events.ExecutionStarted(
+            execution.uuid, slot.node.name, slot.handle, slot.allocation.id, archive.digest))
         if self.agents is not None and not execution.stream:
             agent_sink = await self._through_agent(shell, slot, execution, archive, rules, pack,
                                                    start)
