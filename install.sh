@@ -25,6 +25,10 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+# The package is installed in place (editable): its bytecode is made now, once, as pip makes
+# it for wheels. Where PYTHONDONTWRITEBYTECODE is set (containers often set it) every command
+# would compile its sources again: 0.1 s of each command's start on the test machine.
+.venv/bin/python -m compileall -q -j 0 liborchestra runaway parasearch expegit orchestra >/dev/null
 
 bin=/usr/local/bin
 [ "$(id -u)" = 0 ] || bin="$HOME/.local/bin"
