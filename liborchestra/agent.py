@@ -43,7 +43,17 @@ _CHUNK = 1 << 20
 LEAVE_TIMEOUT = 30.0  # seconds an agent has to remove its folders at the end
 FLUSH_DELAY = 0.002  # seconds frames to the agent wait for others (1.4 runs a write at 2 ms on
 # the test bed's busiest batches; a turn of the event loop alone gave 1.2)
-_NO_PYTHON, _OLD_PYTHON = 43, 44
+# run by the node's python3 as `-c`, with the agent's path: says what is missing (a python3
+# recent enough, or the agent's files), else runs the agent (-B: no bytecode written there).
+# Python 2 reads it too (`agent:` may name any python): it says `version`.
+_BOOTSTRAP = (
+    "import os, sys; folder = os.path.dirname(sys.argv[1]); sys.path[0] = folder; "
+    "missing = 'version' if sys.version_info < (3, 8) else '' if all(os.path.isfile(path) "
+    "and os.path.getsize(path) for path in (os.path.join(folder, name) for name in NAMES)) "
+    "else 'agent'; missing and sys.stdout.write("
+    "'{\"op\": \"absent\", \"missing\": \"%s\"}\\n' % missing); "
+    "missing and sys.exit(0); import node_agent; node_agent.entry()"
+).replace("NAMES", repr(tuple(SOURCES)))
 
 
 class AgentLost(OrchestraError):
@@ -87,11 +97,22 @@ class Agents:
         LaunchError for a run folder the agent could not prepare."""
         if not self._serving.is_set():  # waiting on a set event still costs a turn of the loop
             await self._serving.wait()
+        return await self._client(shell).run(order)
+
+    def warm(self, shell: Shell) -> None:
+        """Start `shell`'s agent now, not at its first run (its node was just granted, with
+        work waiting): the nodes' agents start together, while the code is looked for. A
+        node that cannot be reached is said so by its first run, which tries again."""
+        client = self._client(shell) if self._serving.is_set() else None
+        if client is not None and client.pipe is None and not client.unavailable:
+            client.start()
+
+    def _client(self, shell: Shell) -> _Client:
         client = self._clients.get(shell)
         if client is None:
             client = self._clients[shell] = _Client(shell, self.root, self.python, self.emit,
                                                     self._tg, self.barrier)
-        return await client.run(order)
+        return client
 
     def discard(self, shell: Shell, dirs: list[str]) -> bool:
         """Hand finished run folders to `shell`'s agent (it keeps them to hold later runs);
@@ -187,30 +208,44 @@ class _Client:
         Raises SSHError when the node could not be reached to start it: that is the node's
         fault (the execution is lost and the node quarantined), not the agent's."""
         while self.pipe is None and not self.unavailable:
-            if self._starting is None:
-                self._starting, self._unreachable = anyio.Event(), None
-                self._tg.start_soon(self._serve, self._starting)
-            starting = self._starting
+            starting = self.start()
             await starting.wait()
             if self.pipe is None and self._unreachable is not None:
                 raise self._unreachable
         return self.pipe
 
+    def start(self) -> anyio.Event:
+        """Start the agent unless it is starting; the event is set once it is up (or could
+        not start)."""
+        if self._starting is None:
+            self._starting, self._unreachable = anyio.Event(), None
+            self._tg.start_soon(self._serve, self._starting)
+        return self._starting
+
     async def _serve(self, started: anyio.Event) -> None:
         reason = ""
         try:
-            with anyio.fail_after(START_TIMEOUT):
-                path = await self._install()
-            if path is None:
-                return
-            async with self.shell.open(f"exec {self.python} -u {path}") as pipe:
-                with anyio.fail_after(START_TIMEOUT):
-                    hello = await _hello(pipe)
-                self.pipe, self.direct = pipe, bool(hello.get("direct"))
-                self.emit(events.AgentStarted(self.shell.name, str(hello.get("python")),
-                                              int(hello.get("pid", 0))))
-                started.set()
-                await self._read(pipe)
+            for attempt in range(2):
+                async with self.shell.open(self._command()) as pipe:
+                    with anyio.fail_after(START_TIMEOUT):
+                        frame = await _hello(pipe)
+                    if frame["op"] == "hello":
+                        self.pipe, self.direct = pipe, bool(frame.get("direct"))
+                        self.emit(events.AgentStarted(self.shell.name, str(frame.get("python")),
+                                                      int(frame.get("pid", 0))))
+                        started.set()
+                        await self._read(pipe)
+                missing = frame.get("missing")
+                if missing == "agent" and attempt == 0:
+                    with anyio.fail_after(START_TIMEOUT):
+                        await self._install()
+                    continue
+                if missing in ("python", "version"):
+                    self._give_up(f"no {self.python} on the node" if missing == "python"
+                                  else f"the node's {self.python} is older than 3.8")
+                    return
+                raise LaunchError(f"the node agent is not under {self.root}/agent after "
+                                  "it was installed")
         except SSHError as error:
             if self.pipe is not None:  # it ran, then its connection went
                 reason = str(error)
@@ -247,26 +282,28 @@ class _Client:
         self.unavailable = reason
         self.emit(events.AgentUnavailable(self.shell.name, reason))
 
-    async def _install(self) -> str | None:
-        """The agent's path on the node, uploaded (with its siblings) once per content hash;
-        None (and the reason, said once) when the node's python3 cannot run it."""
-        folder = f"{remote_path(self.root)}/agent/{DIGEST}"
-        paths = {f"{folder}/{name}": source for name, source in SOURCES.items()}
-        probe = await self.shell.run(
-            f"command -v {self.python} >/dev/null 2>&1 || exit {_NO_PYTHON}; "
-            f"{self.python} -c 'import sys; sys.exit(sys.version_info < (3, 8))' "
-            f"|| exit {_OLD_PYTHON}; " + " && ".join(f"test -s {path}" for path in paths))
-        if probe.returncode in (_NO_PYTHON, _OLD_PYTHON):
-            self._give_up(f"no {self.python} on the node" if probe.returncode == _NO_PYTHON
-                          else f"the node's {self.python} is older than 3.8")
-            return None
-        for path, source in paths.items() if probe.returncode != 0 else ():
+    def _folder(self) -> str:
+        return f"{remote_path(self.root)}/agent/{DIGEST}"
+
+    def _command(self) -> str:
+        """One command starts the agent, or says in one frame what the node lacks: its
+        python3 (or a recent enough one), or the agent's files (installed, then started
+        again). One channel and one python3 per start, not a probe before it."""
+        return (f"command -v {self.python} >/dev/null 2>&1 || {{ echo "
+                "'{\"op\": \"absent\", \"missing\": \"python\"}'; exit 0; }; "
+                f"exec {self.python} -u -B -c {shlex.quote(_BOOTSTRAP)} "
+                f"{self._folder()}/node_agent.py")
+
+    async def _install(self) -> None:
+        """Upload the agent with its siblings, once per content hash and filesystem."""
+        folder = self._folder()
+        for name, source in SOURCES.items():
+            path = f"{folder}/{name}"
             done = await self.shell.run(f"set -e; mkdir -p {folder}; cat > {path}.$$; "
                                         f"mv -f {path}.$$ {path}", input=source)
             if done.returncode != 0:
                 raise LaunchError(f"could not install the node agent under {self.root}/agent: "
                                   f"{done.stderr.decode(errors='replace').strip()}")
-        return f"{folder}/node_agent.py"
 
     async def _read(self, pipe: Pipe) -> None:
         while True:
@@ -315,6 +352,8 @@ async def _hello(pipe: Pipe) -> dict:
             frame = json.loads(line)
         except ValueError:
             continue
+        if isinstance(frame, dict) and frame.get("op") == "absent":
+            return frame  # what the node lacks to run it
         if isinstance(frame, dict) and frame.get("op") == "hello":
             if frame.get("protocol") != node_agent.PROTOCOL:
                 raise LaunchError(f"node agent speaks protocol {frame.get('protocol')}, "

@@ -27,9 +27,11 @@ RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff of refused requests: first wait, l
 
 class Allocator:
     def __init__(self, scheduler: Scheduler, slots: SlotPool,
-                 emit: Callable[[events.Event], None], on_ended: Ended) -> None:
+                 emit: Callable[[events.Event], None], on_ended: Ended,
+                 on_granted: Callable[[Allocation], None] = lambda allocation: None) -> None:
         spec = scheduler.profile.scheduler
         self.scheduler, self.slots, self.emit, self.on_ended = scheduler, slots, emit, on_ended
+        self.on_granted = on_granted  # before its slots are handed out
         self.max_allocations = spec.max_allocations
         self.idle_timeout = spec.idle_timeout
         self.poll_interval = spec.poll_interval
@@ -107,6 +109,7 @@ class Allocator:
         self._pending -= 1
         self._failures = 0
         self.live[allocation.id] = allocation
+        self.on_granted(allocation)
         await self.slots.add(allocation)
         self.emit(events.AllocationGranted(
             allocation.id, tuple(n.name for n in allocation.nodes), allocation.slots,

@@ -362,9 +362,10 @@ class Launcher:
         if self.settings.leave != "everything":
             self._trash.setdefault(shell, []).append(execution.uuid)
 
-    async def sweep(self) -> None:
+    async def sweep(self, removing: bool = True) -> None:
         """Remove the queued run folders now: through the node's agent when it runs (it keeps
-        them to hold later runs), else with `rm`."""
+        them to hold later runs), else with `rm`, unless not `removing` (those wait for a
+        sweep that removes: a command on the node costs more than a frame to its agent)."""
         trash, self._trash = self._trash, {}
         root = self.settings.root
         if trash:
@@ -372,6 +373,9 @@ class Launcher:
         for shell, runs in trash.items():
             if self.agents is not None and self.agents.discard(
                     shell, [f"{root}/runs/{run}" for run in runs]):
+                continue
+            if not removing:
+                self._trash.setdefault(shell, []).extend(runs)
                 continue
             folders = [_run_dir(root, run) for run in runs]
             for start in range(0, len(folders), 200):

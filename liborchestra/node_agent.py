@@ -25,7 +25,9 @@ size > 0 (the newline because `srun` holds a partial line back until one comes).
                    "env" ([name, value], value null for the paths the agent knows), "root",
                    "script", "node", "digest": run argv itself, no wrapper};
                    {"op": "discard", "dirs": [run folders whose results the driver holds]}
-  agent -> driver  {"op": "hello", "protocol", "python", "pid", "direct"} once at start;
+  agent -> driver  {"op": "hello", "protocol", "python", "pid", "direct"} once at start
+                   (or, from the command that starts it, {"op": "absent", "missing":
+                   "python" | "version" | "agent"}: the node lacks that to run it);
                    {"op": "failed", "id", "message", "code_missing": bool};
                    {"op": "lost", "id", "message"}: its keeper died, the driver reattaches;
                    {"op": "done", "id", "size"} followed by a tar of the results, or
@@ -307,6 +309,14 @@ class Agent:
         # for runs wholly gone
         self.removals: list = []  # threads removing run folders
 
+    def start_keeper(self) -> None:
+        """The keeper, before the first run needs it (else `start` makes one, and says why
+        it could not)."""
+        if self.keeper_path and self.keeper is None:
+            with contextlib.suppress(OSError):
+                self.keeper = KeeperHandle(self.keeper_path, self.send, self.ended_run,
+                                           self.held)
+
     def send(self, header: dict, payload=None, size: int = 0) -> None:
         header = dict(header, size=size)
         with self.lock:
@@ -491,6 +501,7 @@ def main() -> None:
     agent = Agent(out, os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_keeper.py"))
     agent.send({"op": "hello", "protocol": PROTOCOL, "python": sys.version.split()[0],
                 "pid": os.getpid(), "direct": bool(agent.keeper_path)})
+    agent.start_keeper()  # its python starts while the first orders come
     for line in sys.stdin.buffer:
         order = json.loads(line)
         if order.get("op") == "run":
@@ -501,8 +512,13 @@ def main() -> None:
     os._exit(0)  # end of input: the driver closed the channel; executions run on detached
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Run the agent (as the driver starts it: see agent.py's bootstrap)."""
     try:
         main()
     except (BrokenPipeError, KeyboardInterrupt):
         os._exit(0)
+
+
+if __name__ == "__main__":
+    entry()

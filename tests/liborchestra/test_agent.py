@@ -111,6 +111,28 @@ def test_without_a_usable_python_the_wrapper_runs_and_says_so_once(testbed, tmp_
     exactly_once(log, 9)
 
 
+def test_an_old_python_gets_the_wrapper_and_one_line_saying_so(tmp_path):
+    """The agent is started by one command that says what the node lacks: here a python3
+    that reports 3.7 (the real one, told so) runs no agent; the wrapper runs everything."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/usr/bin/env bash\n"  # called as: -u -B -c BOOTSTRAP AGENT_PATH
+                    "exec python3 -c 'import sys; sys.version_info = (3, 7, 17); "
+                    "exec(sys.argv.pop(1))' \"$4\" \"$5\"\n")
+    fake.chmod(0o755)
+    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho \"got $1\"\n")
+    profile = write_profile(tmp_path / "profiles", "old", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote"),
+        "agent": str(fake)})
+    proc = _batch(profile, script, "old", 6, tmp_path)
+    seen = _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    said = _names(seen, "AgentUnavailable")
+    assert len(said) == 1 and "older than 3.8" in said[0]["reason"], said
+    assert _names(seen, "AgentStarted") == []
+    assert [r[1] for r in rows(tmp_path / "batch/old")] == ["completed"] * 6
+    assert not (tmp_path / "remote" / "agent").exists()  # nothing installed for it
+
+
 def test_the_agent_runs_in_an_srun_step(testbed, tmp_path):
     script, log = with_log(testbed, tmp_path, SCRIPT.replace("${SLEEP:-0.5}", "0.2"))
     profile = slurm_profile(testbed, tmp_path, reach="srun")
