@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 
-from liborchestra import __version__, heap
+from liborchestra import heap
 from liborchestra._fields import Bad, parse_duration
 from liborchestra.driver import Driver, Policy
 from liborchestra.errors import OrchestraError
@@ -35,7 +35,7 @@ from parasearch.search import SearchSettings, SearchSource
 from parasearch.space import Fidelity, Space, SpaceError
 from parasearch.store import Store, StoreError, shown, store_url
 from parasearch.view import SearchView
-from runaway.argv import split_script_args
+from runaway.argv import add_version, split_script_args
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
@@ -51,7 +51,7 @@ def search_parser() -> argparse.ArgumentParser:
         "--lr=VALUE) or in --space FILE.yml. The script prints `RUNAWAY_FEATURES: <objective>` "
         "or writes results.json {\"objective\": v}. Also: parasearch status|best|report|export "
         "NAME.")
-    p.add_argument("--version", action="version", version=f"parasearch {__version__}")
+    add_version(p, "parasearch")
     p.add_argument("profile", nargs="?")
     p.add_argument("script", type=Path, nargs="?")
     p.add_argument("args", nargs="*", metavar="ARG", help="after `--`: the script's arguments")

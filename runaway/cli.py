@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from liborchestra import __version__, events, heap
+from liborchestra import events, heap
 from liborchestra.check import check_profile
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
@@ -23,7 +23,7 @@ from liborchestra.profile import LEAVE, load_profile
 from liborchestra.results import parse_parameters, write_record
 from liborchestra.transfer import OUTPUT_MARKER
 from runaway import batch_cmd, clean_cmd, logs_cmd, results_cmd, sched_cmd
-from runaway.argv import split_script_args
+from runaway.argv import add_version, split_script_args
 from runaway.interrupts import Interrupts
 from runaway.render import Renderer
 
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(
         prog="runaway", description="Run scripts on local machines, SSH hosts and clusters.")
     top.add_argument("-v", "--verbose", action="store_true", help="show engine events")
-    top.add_argument("--version", action="version", version=f"runaway {__version__}")
+    add_version(top, "runaway")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ex = sub.add_parser("exec", help="run one execution and fetch its results",
