@@ -4,6 +4,7 @@ costs the same for 100 or 100,000 executions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -32,6 +33,7 @@ T = TypeVar("T")
 # the one vocabulary of states (liborchestra.execution.State), in the order a view shows them
 STATES = tuple(s.value for s in (State.COMPLETED, State.FAILED, State.LOST, State.RUNNING,
                                  State.SUBMITTED, State.QUEUED, State.CANCELLED))
+JSON_DELAY = 0.01  # seconds `--json` lines wait for the others of that time (see `_json`)
 
 
 class Progress:
@@ -44,14 +46,34 @@ class Progress:
         self._last_line = 0.0
         self.total = sum(journal.counts().values())
         self._said: set[str] = set()
+        self._entered = False
+        self._lines: list[str] = []  # --json lines not yet written
 
     def event(self, event: events.Event) -> None:
         if self.mode == "json":
-            print(json.dumps(_as_json(event)), flush=True)
+            self._json(json.dumps(_as_json(event)))
             return
         text = self._notable(event)
         if text:
             self.console.print(f"[dim]runaway: {escape(text)}[/dim]", highlight=False)
+
+    def _json(self, line: str) -> None:
+        """While the view is entered, the lines of JSON_DELAY seconds leave in one write:
+        each write wakes whatever reads them, two per execution, and is a system call here."""
+        self._lines.append(line)
+        if not self._entered:
+            self._flush()
+        elif len(self._lines) == 1:
+            try:
+                asyncio.get_running_loop().call_later(JSON_DELAY, self._flush)
+            except RuntimeError:  # no event loop here to write them later
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
 
     def _notable(self, event: object) -> str | None:
         """What a person should read about, once, beside the counts."""
@@ -84,6 +106,7 @@ class Progress:
         return None
 
     def __enter__(self) -> Progress:
+        self._entered = True
         if self.mode == "live":
             self._live = Live(self._view(), console=self.console, refresh_per_second=4,
                               transient=False)
@@ -91,6 +114,8 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._entered = False
+        self._flush()
         if self._live is not None:
             self._live.update(self._view())
             self._live.__exit__(*exc)
@@ -159,6 +184,7 @@ class Progress:
         counts = self.journal.counts()
         elapsed = time.monotonic() - self.start
         if self.mode == "json":
+            self._flush()
             print(json.dumps({"event": "summary", "name": name, "counts": counts,
                               "post_failed": post_failed, "seconds": elapsed}), flush=True)
             return
