@@ -46,13 +46,19 @@ FLUSH_DELAY = 0.002  # seconds frames to the agent wait for others (1.4 runs a w
 # run by the node's python3 as `-c`, with the agent's path: says what is missing (a python3
 # recent enough, or the agent's files), else runs the agent (-B: no bytecode written there).
 # Python 2 reads it too (`agent:` may name any python): it says `version`.
-_BOOTSTRAP = (
-    "import os, sys; folder = os.path.dirname(sys.argv[1]); sys.path[0] = folder; "
+_IMPORT = """try:
+ import node_agent
+except Exception as error:
+ import json; why = {"op": "absent", "missing": "agent", "why": repr(error)}
+ sys.stdout.write(json.dumps(why) + "\\n"); sys.exit(0)
+"""  # a file cut short, say, is installed again (once)
+_BOOTSTRAP = (  # one line: a csh login shell reads it too
+    "import os, sys; folder = os.path.dirname(sys.argv[1]); sys.path.insert(0, folder); "
     "missing = 'version' if sys.version_info < (3, 8) else '' if all(os.path.isfile(path) "
     "and os.path.getsize(path) for path in (os.path.join(folder, name) for name in NAMES)) "
     "else 'agent'; missing and sys.stdout.write("
-    "'{\"op\": \"absent\", \"missing\": \"%s\"}\\n' % missing); "
-    "missing and sys.exit(0); import node_agent; node_agent.entry()"
+    "'{\"op\": \"absent\", \"missing\": \"%s\"}\\n' % missing); missing and sys.exit(0); "
+    f"exec({_IMPORT!r}); node_agent.entry()"
 ).replace("NAMES", repr(tuple(SOURCES)))
 
 
@@ -219,6 +225,7 @@ class _Client:
         not start)."""
         if self._starting is None:
             self._starting, self._unreachable = anyio.Event(), None
+            self.left = anyio.Event()  # this start's: set when its channel closes
             self._tg.start_soon(self._serve, self._starting)
         return self._starting
 
@@ -244,8 +251,8 @@ class _Client:
                     self._give_up(f"no {self.python} on the node" if missing == "python"
                                   else f"the node's {self.python} is older than 3.8")
                     return
-                raise LaunchError(f"the node agent is not under {self.root}/agent after "
-                                  "it was installed")
+                why = frame.get("why") or f"still missing under {self.root}/agent"
+                raise LaunchError(f"the node agent cannot start ({missing}: {why})")
         except SSHError as error:
             if self.pipe is not None:  # it ran, then its connection went
                 reason = str(error)
@@ -299,8 +306,9 @@ class _Client:
         folder = self._folder()
         for name, source in SOURCES.items():
             path = f"{folder}/{name}"
-            done = await self.shell.run(f"set -e; mkdir -p {folder}; cat > {path}.$$; "
-                                        f"mv -f {path}.$$ {path}", input=source)
+            temp = f"{path}.$(hostname).$$"  # nodes that share the folder install at once
+            done = await self.shell.run(f"set -e; mkdir -p {folder}; cat > {temp}; "
+                                        f"mv -f {temp} {path}", input=source)
             if done.returncode != 0:
                 raise LaunchError(f"could not install the node agent under {self.root}/agent: "
                                   f"{done.stderr.decode(errors='replace').strip()}")

@@ -261,6 +261,7 @@ class Engine:
             return Result(execution, State.FAILED, message=str(error))  # not lost: no rerun
         if self.draining:
             return Result(execution, State.CANCELLED, message="drained before it started")
+        running.agent = not execution.stream  # streamed ones go past the agent
         self._waiting.add(running)
         try:
             slot = await self.slots.acquire(execution.duration)
@@ -305,8 +306,9 @@ class Engine:
         """Work waits for these nodes: their agents start now, all together, rather than each
         at its first run (after the code is looked for there)."""
         if self.agents is not None:
-            for node in allocation.nodes[:self.slots.waiting]:  # those work goes to first:
-                self.agents.warm(self.shell(node))  # the least busy (SlotPool._pick)
+            waiting = sum(running.agent for running in self._waiting)
+            for node in allocation.nodes[:waiting]:  # those work goes to first: the least
+                self.agents.warm(self.shell(node))  # busy (SlotPool._pick)
 
     async def _allocation_ended(self, allocation: Allocation, reason: str) -> None:
         """The cluster ended an allocation: its executions are lost; kill what survives
@@ -444,6 +446,7 @@ class _Running:
     node: str | None = None
     lost: str = ""  # why the infrastructure took it away
     drained: bool = False
+    agent: bool = False  # runs through the node's agent (not streamed)
 
 
 class Ticket(Protocol):

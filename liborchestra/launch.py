@@ -368,15 +368,18 @@ class Launcher:
         sweep that removes: a command on the node costs more than a frame to its agent)."""
         trash, self._trash = self._trash, {}
         root = self.settings.root
-        if trash:
-            self.barrier()
+        removals = []
         for shell, runs in trash.items():
             if self.agents is not None and self.agents.discard(
                     shell, [f"{root}/runs/{run}" for run in runs]):
-                continue
-            if not removing:
+                continue  # the frame leaves after the barrier (the agent's flush calls it)
+            if removing:
+                removals.append((shell, runs))
+            else:
                 self._trash.setdefault(shell, []).extend(runs)
-                continue
+        if removals:
+            self.barrier()
+        for shell, runs in removals:
             folders = [_run_dir(root, run) for run in runs]
             for start in range(0, len(folders), 200):
                 try:

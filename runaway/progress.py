@@ -34,6 +34,7 @@ T = TypeVar("T")
 STATES = tuple(s.value for s in (State.COMPLETED, State.FAILED, State.LOST, State.RUNNING,
                                  State.SUBMITTED, State.QUEUED, State.CANCELLED))
 JSON_DELAY = 0.01  # seconds `--json` lines wait for the others of that time (see `_json`)
+PIPE_BUF = 4096  # bytes a pipe takes whole: a post-command writing there cannot cut a line
 
 
 class Progress:
@@ -70,10 +71,18 @@ class Progress:
                 self._flush()
 
     def _flush(self) -> None:
-        if self._lines:
-            lines, self._lines = self._lines, []
-            sys.stdout.write("\n".join(lines) + "\n")
-            sys.stdout.flush()
+        """The waiting lines, in writes of whole lines of at most PIPE_BUF bytes."""
+        lines, self._lines = self._lines, []
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) + 1 > PIPE_BUF:
+                _write("".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line + "\n")
+            size += len(line) + 1
+        if chunk:
+            _write("".join(chunk))
 
     def _notable(self, event: object) -> str | None:
         """What a person should read about, once, beside the counts."""
@@ -204,6 +213,11 @@ class Progress:
                                highlight=False)
         for label, detail in failures[:10]:
             self.console.print(f"[red]failed[/red] {label}: {detail}", highlight=False)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _clock(seconds: float) -> str:

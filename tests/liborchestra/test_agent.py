@@ -133,6 +133,42 @@ def test_an_old_python_gets_the_wrapper_and_one_line_saying_so(tmp_path):
     assert not (tmp_path / "remote" / "agent").exists()  # nothing installed for it
 
 
+def test_an_agent_file_cut_short_is_installed_again(tmp_path):
+    """A node's copy that does not import (cut short, say) is not a dead node: the start
+    command says so, the files are sent again, and the agent runs."""
+    from liborchestra.agent import DIGEST, SOURCES
+
+    remote = tmp_path / "remote"
+    folder = remote / "agent" / DIGEST
+    folder.mkdir(parents=True)
+    for name, source in SOURCES.items():
+        (folder / name).write_bytes(source[:len(source) // 2] if name == "node_agent.py"
+                                    else source)
+    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho \"got $1\"\n")
+    profile = write_profile(tmp_path / "profiles", "cut", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(remote)})
+    proc = _batch(profile, script, "cut", 4, tmp_path)
+    seen = _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert len(_names(seen, "AgentStarted")) == 1
+    assert _names(seen, "AgentUnavailable") == [] and _names(seen, "ConnectionProblem") == []
+    assert (folder / "node_agent.py").read_bytes() == SOURCES["node_agent.py"]
+    assert [r[1] for r in rows(tmp_path / "batch/cut")] == ["completed"] * 4
+
+
+def test_exec_starts_no_agent(tmp_path):
+    """`runaway exec` streams its output past the agent: the allocation's warm-up, for the
+    work that goes through agents, starts none for it."""
+    remote = tmp_path / "remote"
+    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho hello\n")
+    profile = write_profile(tmp_path / "profiles", "ex", {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(remote)})
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "hello" in done.stdout, done.stderr
+    assert (remote / "code").is_dir() and not (remote / "agent").exists()
+
+
 def test_the_agent_runs_in_an_srun_step(testbed, tmp_path):
     script, log = with_log(testbed, tmp_path, SCRIPT.replace("${SLEEP:-0.5}", "0.2"))
     profile = slurm_profile(testbed, tmp_path, reach="srun")

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,8 +40,12 @@ def batch(profile: Path, script: Path, name: str, n: int, cwd: Path, *extra: str
 
 
 def finish(proc, timeout: float = 240) -> int:
+    """Wait for the batch, reading its --json lines meanwhile: a pipe nobody reads fills and
+    stops the writer (150 executions' events are some 58 KB, about what a pipe holds)."""
+    reader = threading.Thread(target=proc.stdout.read, daemon=True)
+    reader.start()
     code = proc.wait(timeout=timeout)
-    proc.stdout.read()
+    reader.join(timeout=30)
     return code
 
 
