@@ -55,11 +55,11 @@ except Exception as error:
 _BOOTSTRAP = (  # one line: a csh login shell reads it too
     "import os, sys; folder = os.path.dirname(sys.argv[1]); sys.path.insert(0, folder); "
     "missing = 'version' if sys.version_info < (3, 8) else '' if all(os.path.isfile(path) "
-    "and os.path.getsize(path) for path in (os.path.join(folder, name) for name in NAMES)) "
-    "else 'agent'; missing and sys.stdout.write("
+    "and os.path.getsize(path) for path in (os.path.join(folder, name) for name in "
+    f"{tuple(SOURCES)!r})) else 'agent'; missing and sys.stdout.write("
     "'{\"op\": \"absent\", \"missing\": \"%s\"}\\n' % missing); missing and sys.exit(0); "
     f"exec({_IMPORT!r}); node_agent.entry()"
-).replace("NAMES", repr(tuple(SOURCES)))
+)
 
 
 class AgentLost(OrchestraError):

@@ -54,6 +54,23 @@ def _hosts(testbed, tmp: Path, nodes: tuple[str, ...], slots: int, ssh: dict | N
         "directory": f"~/.orchestra-tests/{uuid.uuid4().hex}", **extra})
 
 
+def _local(tmp: Path, name: str, **extra) -> tuple[Path, Path]:
+    """A script echoing its argument, and a `local` profile with its own `tmp/remote`."""
+    script = write_script(tmp / "code", "job.sh", "#!/usr/bin/env bash\necho \"got $1\"\n")
+    return script, write_profile(tmp / "profiles", name, {
+        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp / "remote"), **extra})
+
+
+def _wrapper_said_once(proc, reason: str) -> list[dict]:
+    """The batch ends well through the wrapper, its one AgentUnavailable naming `reason`."""
+    seen = _events(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+    said = _names(seen, "AgentUnavailable")
+    assert len(said) == 1 and reason in said[0]["reason"], said
+    assert _names(seen, "AgentStarted") == []
+    return seen
+
+
 def test_a_batch_runs_through_one_agent_per_node_with_results_fetched(testbed, tmp_path):
     script = write_script(tmp_path / "code", "job.sh", (
         "#!/usr/bin/env bash\necho \"out $1\"; echo \"err $1\" >&2\n"
@@ -102,12 +119,7 @@ def test_a_killed_agent_loses_nothing_and_is_started_again(testbed, tmp_path):
 def test_without_a_usable_python_the_wrapper_runs_and_says_so_once(testbed, tmp_path):
     script, log = with_log(testbed, tmp_path)
     profile = _hosts(testbed, tmp_path, ("node1",), 3, agent="/nonexistent/python3")
-    proc = _batch(profile, script, "nopy", 9, tmp_path)
-    seen = _events(proc)
-    assert proc.returncode == 0, proc.stderr.read()
-    said = _names(seen, "AgentUnavailable")
-    assert len(said) == 1 and "/nonexistent/python3" in said[0]["reason"], said
-    assert _names(seen, "AgentStarted") == []
+    _wrapper_said_once(_batch(profile, script, "nopy", 9, tmp_path), "/nonexistent/python3")
     exactly_once(log, 9)
 
 
@@ -119,16 +131,8 @@ def test_an_old_python_gets_the_wrapper_and_one_line_saying_so(tmp_path):
                     "exec python3 -c 'import sys; sys.version_info = (3, 7, 17); "
                     "exec(sys.argv.pop(1))' \"$4\" \"$5\"\n")
     fake.chmod(0o755)
-    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho \"got $1\"\n")
-    profile = write_profile(tmp_path / "profiles", "old", {
-        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(tmp_path / "remote"),
-        "agent": str(fake)})
-    proc = _batch(profile, script, "old", 6, tmp_path)
-    seen = _events(proc)
-    assert proc.returncode == 0, proc.stderr.read()
-    said = _names(seen, "AgentUnavailable")
-    assert len(said) == 1 and "older than 3.8" in said[0]["reason"], said
-    assert _names(seen, "AgentStarted") == []
+    script, profile = _local(tmp_path, "old", agent=str(fake))
+    _wrapper_said_once(_batch(profile, script, "old", 6, tmp_path), "older than 3.8")
     assert [r[1] for r in rows(tmp_path / "batch/old")] == ["completed"] * 6
     assert not (tmp_path / "remote" / "agent").exists()  # nothing installed for it
 
@@ -144,9 +148,7 @@ def test_an_agent_file_cut_short_is_installed_again(tmp_path):
     for name, source in SOURCES.items():
         (folder / name).write_bytes(source[:len(source) // 2] if name == "node_agent.py"
                                     else source)
-    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho \"got $1\"\n")
-    profile = write_profile(tmp_path / "profiles", "cut", {
-        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(remote)})
+    script, profile = _local(tmp_path, "cut")
     proc = _batch(profile, script, "cut", 4, tmp_path)
     seen = _events(proc)
     assert proc.returncode == 0, proc.stderr.read()
@@ -160,11 +162,10 @@ def test_exec_starts_no_agent(tmp_path):
     """`runaway exec` streams its output past the agent: the allocation's warm-up, for the
     work that goes through agents, starts none for it."""
     remote = tmp_path / "remote"
-    script = write_script(tmp_path / "code", "job.sh", "#!/usr/bin/env bash\necho hello\n")
-    profile = write_profile(tmp_path / "profiles", "ex", {
-        "scheduler": {"kind": "local"}, "slots": 2, "directory": str(remote)})
-    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    script, profile = _local(tmp_path, "ex")
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script),
+                           "--", "hello"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0 and "hello" in done.stdout, done.stderr
     assert (remote / "code").is_dir() and not (remote / "agent").exists()
 
