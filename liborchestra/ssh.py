@@ -12,11 +12,13 @@ host shares its connection and an error names the hop that failed).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import math
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -43,6 +45,21 @@ def lost_errors() -> tuple[type[BaseException], ...]:
     if "asyncssh" not in sys.modules:
         return PIPE_ERRORS
     return _ssh_lost_errors()
+
+
+def _ack_at_once(conn: asyncssh.SSHClientConnection) -> None:
+    """Acknowledge the server's next segment at once (TCP_QUICKACK), called just after a
+    channel request has left. sshd leaves Nagle's algorithm on for channels without a
+    terminal: after the first request of a connection, it holds its answer until its last
+    segment is acknowledged, and Linux delays that acknowledgement by 40 ms when it has
+    nothing to send back. Measured on the test bed: a connection's first channel took
+    46-50 ms, 4-6 ms with this. Through a jump host this acknowledges the jump host's
+    segments only: the jump host's own delayed acknowledgement to the node stays (a node's
+    first channel there: 90 ms before, 45 after). Best effort: no TCP_QUICKACK (not Linux)
+    leaves it as it was."""
+    sock = conn.get_extra_info("socket")
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -279,6 +296,7 @@ class HostPool:
         while True:
             async with self._lease() as conn:
                 try:
+                    asyncio.get_running_loop().call_soon(_ack_at_once, conn.conn)
                     process = await conn.conn.create_process(command, encoding=None)
                 except asyncssh.ChannelOpenError:
                     refused = conn
