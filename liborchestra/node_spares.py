@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 
 if __package__:  # imported by the driver
@@ -51,7 +50,7 @@ class Spares:
             return False
         if not self.folder:
             root = os.path.dirname(os.path.dirname(run))  # run folders are <root>/runs/<id>
-            self.folder = os.path.join(root, "spare", f"{socket.gethostname()}-{os.getpid()}")
+            self.folder = os.path.join(root, "spare", f"{os.uname().nodename}-{os.getpid()}")
             _remove_stale_spares(os.path.dirname(self.folder))
             os.makedirs(self.folder, exist_ok=True)
         spare = os.path.join(self.folder, str(self.made))
@@ -141,7 +140,7 @@ def _remove(entry) -> None:
 
 def _remove_stale_spares(folder: str) -> None:
     """The spare folders of this host's agents that are gone (killed: no chance to clean)."""
-    host = socket.gethostname()
+    host = os.uname().nodename
     try:
         names = os.listdir(folder)
     except OSError:

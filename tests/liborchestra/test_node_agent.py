@@ -53,3 +53,20 @@ def test_the_scan_names_the_code_files_still_as_archived_for_the_spare_folder(tm
     found = result_files(str(run), [], members, known)
     assert found == ["edited.py"]
     assert known == {"same.py", "sub/same.py"}
+
+
+def test_without_posix_spawn_the_wrapper_runs_from_a_file_in_its_own_session(tmp_path,
+                                                                          monkeypatch):
+    """The fallback (no posix_spawn, or a script too long for a pipe) imports subprocess
+    only when it runs: the agent's start no longer pays for it."""
+    from liborchestra import node_agent
+
+    monkeypatch.setattr(node_agent, "SPAWN", False)
+    run, internal = tmp_path / "run", tmp_path / "run" / INTERNAL
+    internal.mkdir(parents=True)
+    pid, wait = node_agent._spawn('echo "$PWD $(ps -o sid= -p $$)" > out\n', str(run),
+                                  str(internal))
+    wait()
+    folder, session = (run / "out").read_text().split()
+    assert folder == str(run) and int(session) == pid  # its own session, in the run folder
+    assert (internal / "run.sh").is_file()
