@@ -11,13 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncssh
-
+from bench import raw_loop
+from bench.raw_loop import CHANNELS, NODES
 from liborchestra import Engine, Execution, State
 from liborchestra.profile import parse_profile
-
-NODES = ("node1", "node2", "node3")
-CHANNELS = 8  # per node: the engine's default channel budget
 
 
 def _cpu() -> float:
@@ -26,21 +23,7 @@ def _cpu() -> float:
 
 
 async def _raw(testbed, n: int) -> None:
-    conns = [await asyncssh.connect(node, username=testbed.user,
-                                    client_keys=[str(testbed.key)],
-                                    known_hosts=str(testbed.known_hosts)) for node in NODES]
-    remaining = n
-
-    async def worker(conn):
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            done = await conn.run("true")
-            assert done.exit_status == 0
-
-    await asyncio.gather(*[worker(c) for c in conns for _ in range(CHANNELS)])
-    for conn in conns:
-        conn.close()
+    await raw_loop.loop(testbed.user, str(testbed.key), str(testbed.known_hosts), n)
 
 
 async def _engine(testbed, n: int, code: Path) -> None:
