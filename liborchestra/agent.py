@@ -51,12 +51,13 @@ _IMPORT = """try:
 except Exception as error:
  import json; why = {"op": "absent", "missing": "agent", "why": repr(error)}
  sys.stdout.write(json.dumps(why) + "\\n"); sys.exit(0)
-"""  # a file cut short, say, is installed again (once)
+"""  # a file that does not import is installed again (once); one cut short, by its size
 _BOOTSTRAP = (  # one line: a csh login shell reads it too
     "import os, sys; folder = os.path.dirname(sys.argv[1]); sys.path.insert(0, folder); "
     "missing = 'version' if sys.version_info < (3, 8) else '' if all(os.path.isfile(path) "
-    "and os.path.getsize(path) for path in (os.path.join(folder, name) for name in "
-    f"{tuple(SOURCES)!r})) else 'agent'; missing and sys.stdout.write("
+    "and os.path.getsize(path) == size for path, size in ((os.path.join(folder, name), size) "
+    f"for name, size in {tuple((name, len(source)) for name, source in SOURCES.items())!r})) "
+    "else 'agent'; missing and sys.stdout.write("
     "'{\"op\": \"absent\", \"missing\": \"%s\"}\\n' % missing); missing and sys.exit(0); "
     f"exec({_IMPORT!r}); node_agent.entry()"
 )

@@ -137,17 +137,22 @@ def test_an_old_python_gets_the_wrapper_and_one_line_saying_so(tmp_path):
     assert not (tmp_path / "remote" / "agent").exists()  # nothing installed for it
 
 
-def test_an_agent_file_cut_short_is_installed_again(tmp_path):
-    """A node's copy that does not import (cut short, say) is not a dead node: the start
-    command says so, the files are sent again, and the agent runs."""
+@pytest.mark.parametrize("damage", ["cut", "broken"])
+def test_a_damaged_agent_file_is_installed_again(tmp_path, damage):
+    """A node's copy cut short (told by its size: half a file may still import, without
+    what comes after) or that does not import (same size, broken) is not a dead node: the
+    start command says so, the files are sent again, and the agent runs."""
     from liborchestra.agent import DIGEST, SOURCES
 
     remote = tmp_path / "remote"
     folder = remote / "agent" / DIGEST
     folder.mkdir(parents=True)
     for name, source in SOURCES.items():
-        (folder / name).write_bytes(source[:len(source) // 2] if name == "node_agent.py"
-                                    else source)
+        if name == "node_agent.py":
+            broken = b"import no_such_module_here\n"
+            source = source[:len(source) // 2] if damage == "cut" \
+                else broken + source[len(broken):]
+        (folder / name).write_bytes(source)
     script, profile = _local(tmp_path, "cut")
     proc = _batch(profile, script, "cut", 4, tmp_path)
     seen = _events(proc)
