@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.exec_throughput import NODES, _raw
+from bench.exec_throughput import _raw
+from bench.raw_loop import NODES
 
 REPO = Path(__file__).resolve().parents[1]
 SLOTS = 8  # per node, = channels per node for the peers

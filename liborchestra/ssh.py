@@ -49,14 +49,13 @@ def lost_errors() -> tuple[type[BaseException], ...]:
 
 def _ack_at_once(conn: asyncssh.SSHClientConnection) -> None:
     """Acknowledge the server's next segment at once (TCP_QUICKACK), called just after a
-    channel request has left. sshd leaves Nagle's algorithm on for channels without a
-    terminal: after the first request of a connection, it holds its answer until its last
-    segment is acknowledged, and Linux delays that acknowledgement by 40 ms when it has
-    nothing to send back. Measured on the test bed: a connection's first channel took
-    46-50 ms, 4-6 ms with this. Through a jump host this acknowledges the jump host's
-    segments only: the jump host's own delayed acknowledgement to the node stays (a node's
-    first channel there: 90 ms before, 45 after). Best effort: no TCP_QUICKACK (not Linux)
-    leaves it as it was."""
+    connection's first channel request has left. sshd leaves Nagle's algorithm on for
+    channels without a terminal: after the first request of a connection, it holds its
+    answer until its last segment is acknowledged, and Linux delays that acknowledgement by
+    40 ms when it has nothing to send back (later requests were not held). Measured on the
+    test bed: a connection's first channel took 46-50 ms, 4-6 ms with this. Through a jump
+    host this acknowledges the jump host's segments only; the node's wait is `_nudge`'s.
+    Best effort: no TCP_QUICKACK (not Linux) leaves it as it was."""
     sock = conn.get_extra_info("socket")
     with contextlib.suppress(AttributeError, OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
@@ -131,6 +130,7 @@ class _Connection:
     budget: int
     in_use: int = 0
     dead: bool = False
+    requested: bool = False  # a channel was asked for on it (the first one: `_ack_at_once`)
 
 
 class HostPool:
@@ -311,8 +311,10 @@ class HostPool:
         attempt = 0
         while True:
             async with self._lease() as conn:
-                try:
+                if not conn.requested:
+                    conn.requested = True
                     asyncio.get_running_loop().call_soon(_ack_at_once, conn.conn)
+                try:
                     process = await conn.conn.create_process(command, encoding=None)
                 except asyncssh.ChannelOpenError:
                     refused = conn
