@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Callable
 
 
 class LazyModule:
     """Stands for module `name`; the first attribute read imports it."""
 
-    def __init__(self, name: str) -> None:
-        self._name = name
+    def __init__(self, name: str,
+                 importer: Callable[[str], ModuleType] = importlib.import_module) -> None:
+        self._name, self._importer = name, importer
 
     def __getattr__(self, attribute: str) -> object:
-        module: ModuleType = importlib.import_module(self._name)
+        module = self._importer(self._name)
         return getattr(module, attribute)

@@ -25,14 +25,16 @@ from typing import TYPE_CHECKING, AsyncIterator
 import anyio
 import attrs
 
+from liborchestra import sshimport
 from liborchestra.errors import ConnectionLostError, HostKeyError, SSHError
 from liborchestra.lazy import LazyModule
 
 if TYPE_CHECKING:
     from liborchestra.ssh_config import HostConfig
 
-asyncssh = LazyModule("asyncssh")  # a quarter second at start; local work never needs it
-ssh_config = LazyModule("liborchestra.ssh_config")  # builds on asyncssh's config reader
+# a tenth of a second at start, which local work never needs
+asyncssh = LazyModule("asyncssh", sshimport.import_module)
+ssh_config = LazyModule("liborchestra.ssh_config", sshimport.import_module)  # asyncssh's reader
 
 log = logging.getLogger(__name__)
 PIPE_ERRORS = (BrokenPipeError, ConnectionResetError, EOFError)  # a local pipe's
