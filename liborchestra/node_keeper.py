@@ -276,7 +276,7 @@ class Handle:
         orders, keeper_in = os.pipe()
         keeper_out, reports = os.pipe()
         try:
-            os.posix_spawnp(sys.executable, [sys.executable, "-u", path], os.environ,
+            os.posix_spawnp(sys.executable, [sys.executable, "-u", "-S", path], os.environ,
                             file_actions=((os.POSIX_SPAWN_DUP2, orders, 0),
                                           (os.POSIX_SPAWN_DUP2, reports, 1), _NULL_ERR),
                             setsid=True)

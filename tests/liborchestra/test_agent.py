@@ -127,9 +127,9 @@ def test_an_old_python_gets_the_wrapper_and_one_line_saying_so(tmp_path):
     """The agent is started by one command that says what the node lacks: here a python3
     that reports 3.7 (the real one, told so) runs no agent; the wrapper runs everything."""
     fake = tmp_path / "python3"
-    fake.write_text("#!/usr/bin/env bash\n"  # called as: -u -B -c BOOTSTRAP AGENT_PATH
+    fake.write_text("#!/usr/bin/env bash\n"  # called as: OPTIONS -c BOOTSTRAP AGENT_PATH
                     "exec python3 -c 'import sys; sys.version_info = (3, 7, 17); "
-                    "exec(sys.argv.pop(1))' \"$4\" \"$5\"\n")
+                    "exec(sys.argv.pop(1))' \"${@: -2:1}\" \"${@: -1}\"\n")
     fake.chmod(0o755)
     script, profile = _local(tmp_path, "old", agent=str(fake))
     _wrapper_said_once(_batch(profile, script, "old", 6, tmp_path), "older than 3.8")

@@ -100,7 +100,7 @@ def test_a_killed_keeper_has_its_runs_reattached_to_and_run_again_once(tmp_path)
         started += json.loads(line)["event"] == "ExecutionStarted"
         if started >= 2:
             break
-    keeper = f"-u {tmp_path}/remote/agent/[0-9a-f]+/node_keeper\\.py$"  # not its install
+    keeper = f"-u -S {tmp_path}/remote/agent/[0-9a-f]+/node_keeper\\.py$"  # not its install
     deadline = time.monotonic() + 30
     while subprocess.run(["pgrep", "-f", "--", keeper], capture_output=True).returncode != 0:
         assert time.monotonic() < deadline, "no keeper started"
