@@ -30,15 +30,15 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _profile(testbed, folder: Path, agent: bool = True) -> Path:
-    path = folder / f"bench-slurm-{agent}.yml"
+def _profile(testbed, folder: Path, agent: bool = True, reach: str = "ssh") -> Path:
+    path = folder / f"bench-slurm-{agent}-{reach}.yml"
     path.write_text(yaml.safe_dump({
         "name": "bench-slurm",
         "ssh": {"host": "login", "user": testbed.user, "identity": [str(testbed.key)],
                 "known_hosts": str(testbed.known_hosts)},
         "scheduler": {"kind": "slurm", "nodes": 3, "walltime": "30m",
                       "options": ["--exclusive"]},
-        "slots": SLOTS, "directory": "~/.orchestra-bench", "agent": agent}))
+        "slots": SLOTS, "directory": "~/.orchestra-bench", "agent": agent, "reach": reach}))
     return path
 
 
@@ -46,14 +46,19 @@ def _wrapper(testbed, n: int, folder: Path) -> tuple[float, float]:
     return _runaway(testbed, n, folder, agent=False)
 
 
-def _runaway(testbed, n: int, folder: Path, agent: bool = True) -> tuple[float, float]:
+def _direct(testbed, n: int, folder: Path) -> tuple[float, float]:
+    return _runaway(testbed, n, folder, reach="direct")
+
+
+def _runaway(testbed, n: int, folder: Path, agent: bool = True,
+             reach: str = "ssh") -> tuple[float, float]:
     code = folder / "code"
     code.mkdir(exist_ok=True)
     (code / "true.sh").write_text("true\n")
     name = f"b{uuid.uuid4().hex[:6]}"
     cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "runaway", "batch",
-                           str(_profile(testbed, folder, agent)),
+                           str(_profile(testbed, folder, agent, reach)),
                            str(code / "true.sh"), "--name", name, "-x", str(n), "--json"],
                           cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -87,22 +92,30 @@ def _asyncssh(testbed, n: int) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_utime + usage.ru_stime - cpu
 
 
-def _asyncssh_script(testbed, n: int) -> tuple[float, float]:
+def _asyncssh_script(testbed, n: int, jump: str = "") -> tuple[float, float]:
     """The same loop as a user runs it: a script, timed from its start (interpreter and
     asyncssh's import included), as `runaway batch` is timed from its own."""
     cpu, start = _children_cpu(), time.perf_counter()
     subprocess.run([sys.executable, "-m", "bench.raw_loop", testbed.user, str(testbed.key),
-                    str(testbed.known_hosts), str(n)], cwd=REPO, check=True)
+                    str(testbed.known_hosts), str(n), *([jump] if jump else [])],
+                   cwd=REPO, check=True)
     return time.perf_counter() - start, _children_cpu() - cpu
+
+
+def _asyncssh_jump(testbed, n: int) -> tuple[float, float]:
+    """That script reaching the nodes through login, as runaway's default `reach: ssh`."""
+    return _asyncssh_script(testbed, n, jump="login")
 
 
 def run(testbed, n: int = 2000, repeats: int = 3) -> list[dict]:
     if shutil.which("parallel") is None:
         raise SystemExit("bench: GNU parallel is missing (apt-get install parallel)")
     tools = {"runaway batch (Slurm, 3 nodes x 8 slots)": _runaway,
+             "runaway batch, reach: direct (no login hop)": _direct,
              "runaway batch, shell wrapper (agent: false)": _wrapper,
              "raw asyncssh loop (3 x 8 channels)": _asyncssh,
              "raw asyncssh loop, run as a script (start-up included)": _asyncssh_script,
+             "raw asyncssh loop as a script, through login": _asyncssh_jump,
              "GNU parallel -S (3 x 8 jobs)": _parallel,
              "srun per task (24 at a time)": _srun}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}
@@ -111,7 +124,7 @@ def run(testbed, n: int = 2000, repeats: int = 3) -> list[dict]:
         os.chmod(folder, 0o755)
         for _ in range(repeats):
             for name, measure in tools.items():
-                args = (testbed, n, folder) if measure in (_runaway, _wrapper) \
+                args = (testbed, n, folder) if measure in (_runaway, _direct, _wrapper) \
                     else (testbed, n)
                 times[name].append(measure(*args))
     rates = {name: statistics.median(n / wall for wall, _ in values)

@@ -31,7 +31,7 @@ from liborchestra.errors import ProfileError
 
 KINDS = ("local", "hosts", "slurm", "sge", "pbs", "custom")
 CLUSTER_KINDS = ("slurm", "sge", "pbs", "custom")
-REACH = ("ssh", "srun")
+REACH = ("ssh", "direct", "srun")  # nodes: SSH through the login host, SSH from here, srun steps
 LEAVE = ("nothing", "code", "everything")
 
 
@@ -264,6 +264,10 @@ def _consistent(profile: Profile) -> None:
     if kind in ("slurm", "sge", "pbs") and (profile.ssh is None or not profile.ssh.host):
         raise ProfileError(source, "ssh.host", f"a {kind} profile needs the login host where "
                            "its commands run")
+    if profile.reach == "direct" and kind not in ("slurm", "sge", "pbs"):
+        raise ProfileError(source, "reach", f"reach: direct skips the login host on the way "
+                           f"to the nodes of slurm, sge and pbs profiles; {kind} has no such "
+                           "hop: use reach: ssh")
     if profile.reach == "srun" and kind != "slurm":
         raise ProfileError(source, "reach", f"srun reaches nodes of slurm profiles only, not "
                            f"{kind}; use reach: ssh")

@@ -87,10 +87,16 @@ class Scheduler(abc.ABC):
     def reach(self, name: str, allocation: str | None = None) -> Node:
         """How to reach a node by name outside any allocation (to recover a run on resume);
         `allocation` is the one the run was placed in, when known."""
-        login = self.login()
         filesystem = "cluster" if self.profile.shared_filesystem else name
-        return Node(name=name, endpoint=self.endpoint(name, jump=login), filesystem=filesystem,
-                    handles=())
+        return Node(name=name, endpoint=self.endpoint(name, jump=self.node_jump()),
+                    filesystem=filesystem, handles=())
+
+    def node_jump(self) -> Endpoint | None:
+        """The host nodes are reached through: the login host, unless the profile says they
+        are reachable from here (`reach: direct`: then only the user's SSH config decides, a
+        ProxyJump there included). Direct, a node's traffic does not load a shared login node's
+        sshd, and a connection takes one handshake, not two."""
+        return None if self.profile.reach == "direct" else self.login()
 
     def login(self) -> Endpoint | None:
         """The profile's login host, if it has one."""

@@ -60,7 +60,7 @@ class ClusterScheduler(Scheduler):
         if srun_job is not None:
             return Node(name=name, endpoint=None, filesystem=filesystem, handles=handles,
                         srun=SrunReach(self._login, srun_job), gpus=gpus)
-        return Node(name=name, endpoint=self.endpoint(name, jump=self._login),
+        return Node(name=name, endpoint=self.endpoint(name, jump=self.node_jump()),
                     filesystem=filesystem, handles=handles, gpus=gpus)
 
     async def hold(self, job: str, prefix: str, walltime: float | None,

@@ -58,6 +58,9 @@ def test_hosts_profile_parses_every_field():
     ({"scheduler": "local", "ssh": "login"}, "ssh", "remove ssh"),
     ({"scheduler": "local", "env": {"1BAD": "x"}}, "env", "not a valid"),
     ({"scheduler": "local", "shared_filesystem": "yes"}, "shared_filesystem", "true or false"),
+    ({"scheduler": {"kind": "hosts", "hosts": ["a"]}, "reach": "direct"}, "reach",
+     "slurm, sge and pbs"),
+    ({"scheduler": "slurm", "ssh": "login", "reach": "jump"}, "reach", "expected one of"),
     ([1, 2], None, "expected a mapping"),
 ])
 def test_bad_profiles_name_file_field_and_expectation(data, field, words):

@@ -1,4 +1,4 @@
-"""Slurm on the real test bed: allocations, both reach modes, elasticity, walltime, no orphans."""
+"""Slurm on the real test bed: allocations, the reach modes, elasticity, walltime, no orphans."""
 
 from __future__ import annotations
 
@@ -55,6 +55,24 @@ def test_exec_runs_on_a_real_node_and_slot(testbed, tmp_path, reach):
     assert seen["handle"] in seen["handles"].split(",")
     nodes = seen["nodes"].split(",")
     assert len(nodes) == 2 and seen["node"] in nodes
+    assert nothing_left(testbed) == []
+
+
+@pytest.mark.parametrize("reach, via_login", [("ssh", True), ("direct", False)])
+def test_reach_direct_connects_to_the_nodes_without_the_login_host(testbed, tmp_path, reach,
+                                                                    via_login):
+    """The node's sshd says who connected: the login host (reach: ssh) or this machine."""
+    script = write_script(tmp_path / "code", "who.sh", """\
+        #!/usr/bin/env bash
+        echo "client=${SSH_CONNECTION%% *} node=$RUNAWAY_NODE_ID"
+        """)
+    profile = slurm_profile(testbed, tmp_path, reach=reach, nodes=2)
+    done = subprocess.run([sys.executable, "-m", "runaway", "exec", str(profile), str(script)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = parse(done.stdout)
+    assert seen["node"] in testbed.nodes
+    assert (seen["client"] == testbed.hosts["login"]) is via_login, seen
     assert nothing_left(testbed) == []
 
 
