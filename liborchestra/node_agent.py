@@ -311,11 +311,11 @@ class Agent:
 
     def start_keeper(self) -> None:
         """The keeper, before the first run needs it (else `start` makes one, and says why
-        it could not)."""
+        it could not): forked, as no thread runs yet."""
         if self.keeper_path and self.keeper is None:
             with contextlib.suppress(OSError):
                 self.keeper = KeeperHandle(self.keeper_path, self.send, self.ended_run,
-                                           self.held)
+                                           self.held, fork=True)
 
     def send(self, header: dict, payload=None, size: int = 0) -> None:
         header = dict(header, size=size)
@@ -499,11 +499,12 @@ def _remove_all(folders: list) -> None:
 
 
 def main() -> None:
+    node_keeper.name_process(b"runaway-agent")
     out = sys.stdout.buffer
     agent = Agent(out, os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_keeper.py"))
     agent.send({"op": "hello", "protocol": PROTOCOL, "python": sys.version.split()[0],
                 "pid": os.getpid(), "direct": bool(agent.keeper_path)})
-    agent.start_keeper()  # its python starts while the first orders come
+    agent.start_keeper()  # before any thread
     for line in sys.stdin.buffer:
         order = json.loads(line)
         if order.get("op") == "run":

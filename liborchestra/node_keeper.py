@@ -12,8 +12,12 @@ reattaches to their run folders as after any lost connection.
 An exit code is written before its process is reaped (waitid with WNOWAIT): a reader that
 finds the process gone (`kill -0`) finds its exit code already there.
 
-Shipped next to the agent and run with the same python3, so standard library only; Linux
-(os.waitid). Protocol: JSON lines.
+Shipped next to the agent, standard library only; Linux (os.waitid). The agent forks its
+first keeper as it starts, before it has threads: a child that has everything imported costs
+about a millisecond, a second interpreter 20 ms of CPU on each node as every batch starts. A
+keeper started later (the first died) is this file run with the agent's python3. Either way
+its process name (`ps -o comm`, `pgrep`) is `runaway-keeper`, the agent's `runaway-agent`.
+Protocol: JSON lines.
   agent -> keeper  {"id", "cwd", "argv", "env": {name: value}} to run argv directly, writing
                    its exit code; or {"id", "cwd", "wrapper"} to run a wrapper script under bash
                    (it writes the exit code itself)
@@ -268,7 +272,10 @@ class Handle:
     for the driver; `ended(id, run, alone, *more)` is called as each run ends, within
     `held()`, which holds back the frames sent meanwhile until it is left."""
 
-    def __init__(self, path: str, send, ended, held=contextlib.nullcontext) -> None:
+    def __init__(self, path: str, send, ended, held=contextlib.nullcontext,
+                 fork: bool = False) -> None:
+        """`fork`: a child of this process rather than `path` run anew, where that is safe
+        (no other thread: a fork copies no thread but the caller, and no lock it holds)."""
         self.send, self.ended, self.held = send, ended, held
         self.lock = threading.Lock()
         self.pending: dict = {}  # id -> (run folder, bytes of code, ignore patterns)
@@ -276,10 +283,14 @@ class Handle:
         orders, keeper_in = os.pipe()
         keeper_out, reports = os.pipe()
         try:
-            os.posix_spawnp(sys.executable, [sys.executable, "-u", "-S", path], os.environ,
-                            file_actions=((os.POSIX_SPAWN_DUP2, orders, 0),
-                                          (os.POSIX_SPAWN_DUP2, reports, 1), _NULL_ERR),
-                            setsid=True)
+            if fork and hasattr(os, "fork") and threading.active_count() == 1:
+                if os.fork() == 0:
+                    _forked(orders, reports)
+            else:
+                os.posix_spawnp(sys.executable, [sys.executable, "-u", "-S", path], os.environ,
+                                file_actions=((os.POSIX_SPAWN_DUP2, orders, 0),
+                                              (os.POSIX_SPAWN_DUP2, reports, 1), _NULL_ERR),
+                                setsid=True)
         finally:
             os.close(orders)
             os.close(reports)
@@ -335,11 +346,21 @@ class Handle:
             self.pipe.close()
 
 
-def main() -> None:
+def name_process(name: bytes) -> None:
+    """What `ps -o comm` and `pgrep` call this process (Linux): the agent and the keeper it
+    forks share a command line, not a name."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(name)
+
+
+def serve(orders, reports) -> None:
+    """Be the keeper, on the orders and reports pipes as fds 0 and 1: never returns."""
     _close_inherited()
-    keeper = Keeper(sys.stdout.buffer)
+    name_process(b"runaway-keeper")
+    keeper = Keeper(reports)
     threading.Thread(target=keeper.reap, daemon=True).start()
-    for line in sys.stdin.buffer:
+    for line in orders:
         try:
             order = json.loads(line)
         except ValueError:
@@ -351,8 +372,23 @@ def main() -> None:
     threading.Event().wait()
 
 
+def _forked(orders: int, reports: int) -> None:
+    """The child of the agent's fork: its own session, the pipes as stdin and stdout, fresh
+    file objects on them (the agent's may hold buffered data), then the keeper."""
+    try:
+        os.setsid()
+        os.dup2(orders, 0)
+        os.dup2(reports, 1)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        serve(os.fdopen(0, "rb"), os.fdopen(1, "wb"))
+    except BaseException:
+        os._exit(1)  # never back into the agent's code
+    os._exit(0)
+
+
 if __name__ == "__main__":
     try:
-        main()
+        serve(sys.stdin.buffer, sys.stdout.buffer)
     except KeyboardInterrupt:
         os._exit(0)

@@ -103,8 +103,7 @@ def test_a_killed_agent_loses_nothing_and_is_started_again(testbed, tmp_path):
     profile = _hosts(testbed, tmp_path, ("node1", "node2"), 3)
     proc = _batch(profile, script, "kill", 24, tmp_path)
     seen = _events(proc, until=lambda s: len(_names(s, "ExecutionStarted")) >= 8)
-    killed = testbed.on("node1", "pkill", "-KILL", "-u", testbed.user, "-f", "--",
-                        "-u .*/agent/[0-9a-f]+/node_agent\\.py$")
+    killed = testbed.on("node1", "pkill", "-KILL", "-u", testbed.user, "-x", "runaway-agent")
     assert killed.returncode == 0, killed.stderr  # an agent was there, and died
     seen += _events(proc)
     assert proc.returncode == 0, proc.stderr.read()

@@ -5,6 +5,8 @@ death loses exit codes, so its runs are reattached to and run again, once each."
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,12 +26,27 @@ def _run(tmp: Path, script: Path, name: str, *args: str, **profile) -> list[Path
                   key=lambda f: (f / "stdout").read_text())
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _keepers(tmp_path) -> list[int]:
+    """The keepers of this test's agents: named runaway-keeper, forked from an agent installed
+    under tmp_path (so with its command line) or started from there."""
+    found = subprocess.run(["pgrep", "-x", "runaway-keeper"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()
+            if f"{tmp_path}/remote/agent/" in _cmdline(int(pid))]
+
+
 def test_the_script_is_the_keepers_child_with_the_wrappers_environment(tmp_path):
     """The same variables (and working folder) as under the wrapper, which a profile with
     setup lines still uses."""
     script = write_script(tmp_path / "code", "job.sh", """\
         #!/usr/bin/env bash
-        tr '\\0' ' ' < /proc/$PPID/cmdline | grep -o 'node_keeper\\.py' || echo wrapper
+        cat /proc/$PPID/comm
         echo "pwd $PWD $(pwd) $*"
         env | grep -E '^(RUNAWAY_[A-Z_]*|TOKEN|PWD)=' |
           sed "s|$PWD|RUN|g; s|$RUNAWAY_UUID|UUID|g" | sort
@@ -41,8 +58,8 @@ def test_the_script_is_the_keepers_child_with_the_wrappers_environment(tmp_path)
         run = pwd.split()[1]
         assert pwd == f"pwd {run} {run} a b c" and "/remote/runs/" in run, pwd
         seen[name] = (parent, [line.replace(name, "NAME") for line in env])
-    assert seen["direct"][0] == "node_keeper.py"  # no wrapper between keeper and script
-    assert seen["wrapped"][0] == "wrapper"
+    assert seen["direct"][0] == "runaway-keeper"  # no wrapper between keeper and script
+    assert seen["wrapped"][0] == "bash"
     assert seen["direct"][1] == seen["wrapped"][1]
     assert "RUNAWAY_SCRIPT_PATH=RUN/job.sh" in seen["direct"][1]
     assert "TOKEN=t0" in seen["direct"][1] and "PWD=RUN" in seen["direct"][1]
@@ -100,14 +117,14 @@ def test_a_killed_keeper_has_its_runs_reattached_to_and_run_again_once(tmp_path)
         started += json.loads(line)["event"] == "ExecutionStarted"
         if started >= 2:
             break
-    keeper = f"-u -S {tmp_path}/remote/agent/[0-9a-f]+/node_keeper\\.py$"  # not its install
     deadline = time.monotonic() + 30
-    while subprocess.run(["pgrep", "-f", "--", keeper], capture_output=True).returncode != 0:
+    while not _keepers(tmp_path):
         assert time.monotonic() < deadline, "no keeper started"
         time.sleep(0.05)
     time.sleep(0.3)  # its scripts started
-    killed = subprocess.run(["pkill", "-KILL", "-f", "--", keeper])
-    assert killed.returncode == 0  # it was there, and died
+    [keeper] = _keepers(tmp_path)
+    assert f"{tmp_path}/remote/agent/" in _cmdline(keeper)  # the agent's own, as forked
+    os.kill(keeper, signal.SIGKILL)
     proc.stdout.read()
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     final = rows(tmp_path / "batch" / "k")
