@@ -3,7 +3,7 @@
 `salloc --no-shell` (or, where sites forbid salloc, an `sbatch` holder job) asks for nodes;
 `scontrol show job -d` says which nodes and how many CPUs on each. Every allocation of an
 engine carries the same job name, so one `squeue` polls them all and a final `scancel --name`
-sweeps anything left (a request still pending when the engine was interrupted).
+sweeps anything that may be left (a request still pending when the engine was interrupted).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ class SlurmScheduler(ClusterScheduler):
     def __init__(self, profile, pool) -> None:
         super().__init__(profile, pool)
         self.name = f"orchestra-{uuid.uuid4().hex[:10]}"
+        # what the final sweep by name is for: jobs granted and not yet cancelled, and whether
+        # a request or a cancel ended in any other way than as asked (a job may be left)
+        self._held: set[str] = set()
+        self._unsure = False
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -64,14 +68,20 @@ class SlurmScheduler(ClusterScheduler):
 
     async def allocate(self, walltime: float | None = None) -> Allocation:
         walltime = walltime or self.spec.walltime
-        job = await (self._sbatch(walltime) if self.spec.submit == "sbatch"
-                     else self._salloc(walltime))
         try:
-            return await self._describe(job)
+            job = await (self._sbatch(walltime) if self.spec.submit == "sbatch"
+                         else self._salloc(walltime))
+            try:
+                allocation = await self._describe(job)
+            except BaseException:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    await self.shell.run(f"scancel {shlex.quote(job)}")
+                raise
         except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                await self.shell.run(f"scancel {shlex.quote(job)}")
+            self._unsure = True
             raise
+        self._held.add(allocation.id)
+        return allocation
 
     async def _salloc(self, walltime: float | None) -> str:
         # `echo $$; exec salloc`: the remote salloc's pid comes first on stdout. A closed
@@ -158,6 +168,7 @@ class SlurmScheduler(ClusterScheduler):
         alive = {parts[0] for parts in map(str.split, out.splitlines())
                  if len(parts) == 2 and parts[1] in _ALIVE}
         ended = [a.id for a in allocations if a.id not in alive]
+        self._held.difference_update(ended)
         if not ended:
             return {}
         states = await self._final_states(ended)
@@ -175,10 +186,19 @@ class SlurmScheduler(ClusterScheduler):
         return states
 
     async def release(self, allocation: Allocation) -> None:
-        await self.shell.run(f"scancel {shlex.quote(allocation.id)}")
+        try:
+            done = await self.shell.run(f"scancel {shlex.quote(allocation.id)}")
+        except BaseException:
+            self._unsure = True
+            raise
+        if done.returncode == 0:
+            self._held.discard(allocation.id)
 
     async def aclose(self) -> None:
-        await self.sweep(self.name)
+        """Sweep by name only when something may be left: every request that was granted
+        and cancelled cleanly leaves nothing (one command less as each engine ends)."""
+        if self._unsure or self._held:
+            await self.sweep(self.name)
 
     async def sweep(self, name: str) -> None:
         await self.shell.run(f"scancel -u \"$USER\" -n {shlex.quote(name)}")
