@@ -91,10 +91,10 @@ class SweepSource(Source):
         if folder is None:
             return None
         status = None
-        present = folder.is_dir()  # looked at once per execution (again after a post-command)
+        present = os.path.isdir(folder)  # once per execution (again after a post-command)
         if self.settings.post_command and present:
             status = await self._post(row, folder, result.ecode)
-            present = folder.is_dir()
+            present = os.path.isdir(folder)
         metrics = read_metrics(folder) if present else None
         payload = dict(row.payload)  # `row` is read afresh by the driver, history and all
         if metrics is not None:

@@ -65,10 +65,18 @@ def read_bytes(path: str) -> bytes | None:
     """A whole file; None when there is none. Opened, not looked up first: the driver reads
     several per execution that most folders do not have."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not open(): half the CPU of a read
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except IsADirectoryError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 NEXT = ".next"  # a record file's spare: kept, blocks and all, to be written in place

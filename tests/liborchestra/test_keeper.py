@@ -160,3 +160,23 @@ def test_an_interpreter_is_looked_up_in_the_profiles_path_as_the_wrapper_does(tm
     [folder] = _run(tmp_path, script, "path", "x",
                     env={"PATH": f"{tools}:/usr/local/bin:/usr/bin:/bin"})
     assert (folder / "stdout").read_text() == "the profile's bash\nran\n"
+
+
+def test_read_bytes_gives_a_whole_file_or_none(tmp_path):
+    """Read with bare descriptors: a file larger than one read comes whole; a missing file,
+    a folder, or a path through a file is None (the driver reads files most folders lack)."""
+    from liborchestra.node_keeper import read_bytes
+
+    big = os.urandom(3 << 20 | 17)
+    (tmp_path / "big").write_bytes(big)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    assert read_bytes(str(tmp_path / "big")) == big
+    assert read_bytes(str(tmp_path / "empty")) == b""
+    assert read_bytes(str(tmp_path / "missing")) is None
+    assert read_bytes(str(tmp_path / "folder")) is None
+    assert read_bytes(str(tmp_path / "big" / "below")) is None
+    before = len(os.listdir("/proc/self/fd"))
+    for name in ("big", "folder", "missing"):
+        read_bytes(str(tmp_path / name))
+    assert len(os.listdir("/proc/self/fd")) == before  # no descriptor left open
