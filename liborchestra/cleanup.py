@@ -17,6 +17,7 @@ The library decides and removes; the CLI renders the inventory.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
+from liborchestra.agent import DIGEST
 from liborchestra.engine import Engine
 from liborchestra.errors import OrchestraError
 from liborchestra.execution import Execution
@@ -55,6 +57,10 @@ for d in runs/*/; do
   g=$(tr -dc '0-9a-f' < "$o/digest" 2>/dev/null)
   t=$(stat -c %Y -- "$o/ecode" 2>/dev/null || stat -c %Y -- "$d")
   echo "run $(du -sk -- "$d" | cut -f1) $t $r $e ${p:--} ${n:--} ${g:--}"
+done
+for d in agent/*/ spare/*/; do
+  [ -d "$d" ] || continue
+  echo "agentfiles $(du -sk -- "$d" | cut -f1) $(stat -c %Y -- "$d") ${d%/}"
 done
 """
 _ALIVE = ("for p in @PIDS@; do if kill -0 -- -$p 2>/dev/null || kill -0 $p 2>/dev/null; "
@@ -88,6 +94,20 @@ class RemoteRun:
 
 
 @attrs.frozen
+class AgentFolder:
+    """A node agent's files: `agent/<digest>`, one version of the agent (installed once per
+    filesystem), or `spare/<host>-<pid>`, the finished run folders one agent keeps to reuse
+    (removed as it ends; left behind when it is killed, until the next agent on that host)."""
+
+    place: str
+    kind: str  # "agent" or "spare"
+    name: str
+    size: int  # bytes
+    age: float  # seconds since it last changed
+    keep: str = ""  # why it stays ("" : it may go)
+
+
+@attrs.frozen
 class Inventory:
     """Everything found under a profile's remote folder, and what could not be looked at."""
 
@@ -95,6 +115,7 @@ class Inventory:
     archives: tuple[RemoteArchive, ...] = ()
     runs: tuple[RemoteRun, ...] = ()
     notes: tuple[str, ...] = ()  # places not looked at, with why
+    agent_files: tuple[AgentFolder, ...] = ()
 
 
 @attrs.frozen
@@ -139,25 +160,27 @@ async def inventory(engine: Engine, known: dict[str, str] | None = None,
     places, notes = _places(engine)
     archives: list[RemoteArchive] = []
     runs: list[RemoteRun] = []
+    agent_files: list[AgentFolder] = []
     for place in places:
         try:
-            found, runs_here = await _scan(engine, place, root, grace, known)
+            found, runs_here, agents_here = await _scan(engine, place, root, grace, known)
         except OrchestraError as error:
             notes.append(f"{place.shell.name}: not looked at: {error}")
             continue
         archives += found
         runs += runs_here
-    return Inventory(root, tuple(archives), tuple(runs), tuple(notes))
+        agent_files += agents_here
+    return Inventory(root, tuple(archives), tuple(runs), tuple(notes), tuple(agent_files))
 
 
-async def _scan(engine: Engine, place: _Place, root: str, grace: float,
-                known: dict[str, str]) -> tuple[list[RemoteArchive], list[RemoteRun]]:
+async def _scan(engine: Engine, place: _Place, root: str, grace: float, known: dict[str, str]
+                ) -> tuple[list[RemoteArchive], list[RemoteRun], list[AgentFolder]]:
     done = await place.shell.run(_SCAN.replace("@ROOT@", remote_path(root))
                                  .replace("@INTERNAL@", INTERNAL))
     if done.returncode != 0:
         raise OrchestraError(done.stderr.decode(errors="replace").strip() or
                              f"listing {root} failed (status {done.returncode})")
-    now, archives, runs = 0.0, [], []
+    now, archives, runs, agent_files = 0.0, [], [], []
     for line in done.stdout.decode(errors="replace").splitlines():
         parts = line.split()
         if parts[:1] == ["now"] and len(parts) == 2:
@@ -170,10 +193,14 @@ async def _scan(engine: Engine, place: _Place, root: str, grace: float,
             runs.append(RemoteRun(place.shell.name, parts[3], int(parts[1]) * 1024,
                                   now - float(parts[2]), ecode, _opt(parts[6]),
                                   _opt(parts[7]), int(parts[5]) if parts[5].isdigit() else None))
+        elif parts[:1] == ["agentfiles"] and len(parts) == 4 and "/" in parts[3]:
+            kind, name = parts[3].split("/", 1)
+            agent_files.append(AgentFolder(place.shell.name, kind, name, int(parts[1]) * 1024,
+                                           now - float(parts[2])))
     runs = await _judge_runs(engine, place, runs, known)
     going = {r.digest for r in runs if r.keep and r.digest}
     archives = [attrs.evolve(a, keep=_archive_keep(a, going, grace)) for a in archives]
-    return archives, runs
+    return archives, runs, await _judge_agent_files(engine, place, agent_files, grace)
 
 
 def _opt(text: str) -> str | None:
@@ -227,6 +254,45 @@ async def _judge_runs(engine: Engine, place: _Place, runs: list[RemoteRun],
     return judged
 
 
+async def _judge_agent_files(engine: Engine, place: _Place, folders: list[AgentFolder],
+                             grace: float) -> list[AgentFolder]:
+    """Fill `keep`: this runaway's agent stays, and a version installed in the last `grace`
+    seconds (an older runaway may be starting it); a spare folder stays while its agent (the
+    pid in its name, on the host in its name) runs, or cannot be asked."""
+    owners: dict[str, list[int]] = {}
+    for folder in folders:
+        host, _, pid = folder.name.rpartition("-")
+        if folder.kind == "spare" and host and pid.isdigit():
+            owners.setdefault(host, []).append(int(pid))
+    alive = {host: await _agents_alive(engine, place, host, pids)
+             for host, pids in owners.items()}
+    judged = []
+    for folder in folders:
+        host, _, pid = folder.name.rpartition("-")
+        if folder.kind == "agent":
+            keep = "the node agent of this runaway" if folder.name == DIGEST else (
+                f"installed {_ago(folder.age)} ago (may be starting)" if folder.age < grace
+                else "")
+        elif folder.kind != "spare" or not host or not pid.isdigit():
+            keep = "not a folder runaway makes"
+        elif alive[host] is None:
+            keep = f"cannot tell whether its agent runs (host {host} not reachable)"
+        else:
+            keep = "its agent runs" if int(pid) in alive[host] else ""
+        judged.append(attrs.evolve(folder, keep=keep))
+    return judged
+
+
+async def _agents_alive(engine: Engine, place: _Place, host: str,
+                        pids: list[int]) -> set[int] | None:
+    """Which agents of `host` (the name it gives itself) live, asked of that node; None when
+    it cannot be asked (as another machine's folder through a local profile's)."""
+    if engine.profile.scheduler.kind == "local":
+        return await _alive(engine, place, None, pids) if host == os.uname().nodename \
+            else None
+    return await _alive(engine, place, host, pids)
+
+
 async def _alive(engine: Engine, place: _Place, node: str | None,
                  pids: list[int]) -> set[int] | None:
     """Which pids (process groups) live on `node`; None when it cannot be asked."""
@@ -253,12 +319,14 @@ async def remove(engine: Engine, found: Inventory) -> Inventory:
     """Remove what `found` says may go; returns what was removed (keep = "" for all)."""
     places = {p.shell.name: p.shell for p in _places(engine)[0]}
     root = remote_path(found.root)
-    gone_runs, gone_archives = [], []
+    gone_runs, gone_archives, gone_agent_files = [], [], []
     for name, shell in places.items():
         runs = [r for r in found.runs if r.place == name and not r.keep]
         archives = [a for a in found.archives if a.place == name and not a.keep]
+        agent_files = [f for f in found.agent_files if f.place == name and not f.keep]
         paths = ([f"{root}/runs/{shlex.quote(r.run)}" for r in runs] +
-                 [f"{root}/code/{shlex.quote(a.name)}" for a in archives])
+                 [f"{root}/code/{shlex.quote(a.name)}" for a in archives] +
+                 [f"{root}/{f.kind}/{shlex.quote(f.name)}" for f in agent_files])
         for start in range(0, len(paths), 200):
             done = await shell.run("rm -rf -- " + " ".join(paths[start:start + 200]))
             if done.returncode != 0:
@@ -266,7 +334,9 @@ async def remove(engine: Engine, found: Inventory) -> Inventory:
                                      f"{done.stderr.decode(errors='replace').strip()}")
         gone_runs += runs
         gone_archives += archives
-    return Inventory(found.root, tuple(gone_archives), tuple(gone_runs), found.notes)
+        gone_agent_files += agent_files
+    return Inventory(found.root, tuple(gone_archives), tuple(gone_runs), found.notes,
+                     tuple(gone_agent_files))
 
 
 async def remove_leftovers(engine: Engine | Federation, rows: Iterable[Row], script: Path) -> int:

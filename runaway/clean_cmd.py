@@ -1,5 +1,6 @@
-"""`runaway clean PROFILE [--dry-run]`: the code archives and run folders runaway left on a
-profile's remote folder, with sizes, and their removal (never a run that still runs).
+"""`runaway clean PROFILE [--dry-run]`: the code archives, run folders and node agent files
+runaway left on a profile's remote folder, with sizes, and their removal (never a run that
+still runs, nor the files of an agent that does).
 
 What the batches under the current folder know helps: a run folder a journal here still
 expects (its driver runs, or a resume would recover it) is kept, and every run folder is
@@ -30,11 +31,12 @@ SHOWN = 50  # run folders listed one by one; the totals count them all
 def add_parser(sub) -> None:
     c = sub.add_parser(
         "clean", help="remove what runaway left on a profile's remote folder",
-        description="List the code archives and run folders runaway left on PROFILE's remote "
-                    "folder (its `directory`, default ~/.orchestra), with sizes, and remove "
-                    "them: never a run that still runs, one a batch here still expects, or "
-                    "an archive in use. The code cache also prunes itself: it keeps the "
-                    f"{CODE_CACHE_KEEP} most recently used archives.")
+        description="List the code archives, run folders and node agent files runaway left "
+                    "on PROFILE's remote folder (its `directory`, default ~/.orchestra), with "
+                    "sizes, and remove them: never a run that still runs, one a batch here "
+                    "still expects, an archive in use, this runaway's node agent, or the "
+                    "spare run folders of an agent that runs. The code cache also prunes "
+                    f"itself: it keeps the {CODE_CACHE_KEEP} most recently used archives.")
     c.add_argument("profile", help="profile name or .yml file")
     c.add_argument("--dry-run", action="store_true", help="list only; remove nothing")
 
@@ -97,6 +99,12 @@ async def clean(args: argparse.Namespace, renderer: Renderer, _signals) -> int:
         print(f"code cache on {place}: {len(cache)} archive(s), "
               f"{size(sum(a.size for a in cache))} before cleaning; each upload prunes it to "
               f"the {CODE_CACHE_KEEP} most recently used")
+    if found.agent_files:
+        agent_files = [f for f in gone.agent_files if not f.keep]
+        kept_agent_files = [f for f in found.agent_files if f.keep]
+        print(f"node agent files: {verb} {len(agent_files)} folder(s), "
+              f"{size(sum(f.size for f in agent_files))}; kept {len(kept_agent_files)} "
+              f"({size(sum(f.size for f in kept_agent_files))})")
     running = [r for r in kept_runs if r.keep == "running" and r.run in labels]
     for run in running:
         batch = labels[run.run].split(" #")[0]
@@ -106,7 +114,7 @@ async def clean(args: argparse.Namespace, renderer: Renderer, _signals) -> int:
 
 
 def _show(found: Inventory, labels: dict[str, str], dry_run: bool) -> None:
-    if not found.runs and not found.archives:
+    if not found.runs and not found.archives and not found.agent_files:
         print(f"nothing under {found.root}")
         return
     gone = "would remove" if dry_run else "removed"
@@ -118,6 +126,11 @@ def _show(found: Inventory, labels: dict[str, str], dry_run: bool) -> None:
         table.add_row(what, escape(archive.name[:16]), escape(archive.place),
                       size(archive.size), _age(archive.age), "",
                       f"kept: {escape(archive.keep)}" if archive.keep else gone)
+    for folder in sorted(found.agent_files, key=lambda f: (f.kind, f.age)):
+        what = "node agent" if folder.kind == "agent" else "agent's spare run folders"
+        table.add_row(what, escape(folder.name[:16] if folder.kind == "agent" else folder.name),
+                      escape(folder.place), size(folder.size), _age(folder.age), "",
+                      f"kept: {escape(folder.keep)}" if folder.keep else gone)
     runs = sorted(found.runs, key=lambda r: (not r.keep, r.age))  # what stays first
     for run in runs[:SHOWN]:
         state = "running" if run.keep == "running" else (

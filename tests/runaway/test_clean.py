@@ -119,6 +119,62 @@ def test_clean_local_removes_leftovers_keeps_running_run_and_its_code(tmp_path):
     assert list((remote / "code").glob("*.tar")) == []
 
 
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_clean_lists_agent_files_and_removes_only_those_of_no_running_agent(tmp_path):
+    """Old agent versions and the spare folders of a killed agent go; this runaway's agent, a
+    version installed a moment ago, and the spares of an agent that runs stay."""
+    from liborchestra.agent import DIGEST
+
+    profile = local_profile(tmp_path, slots=1)
+    remote, host = tmp_path / "remote", os.uname().nodename
+    gate = tmp_path / "gate"
+    gate.touch()
+    script = write_script(tmp_path / "code", "gated.sh", f"""\
+        #!/usr/bin/env bash
+        [ "$1" = 1 ] || while [ -e {gate} ]; do sleep 0.2; done
+        """)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runaway", "batch", str(profile), str(script), "--name", "g",
+         "--json", "--", "{1;2}"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        wait_started(proc, 2)  # the first has ended: its folder becomes the agent's spare
+        _until(lambda: (remote / "spare").is_dir() and any((remote / "spare").iterdir()))
+        (live,) = (remote / "spare").iterdir()
+        assert live.name.startswith(f"{host}-")
+        dead = remote / "spare" / f"{host}-{_dead_pid()}"
+        (dead / "0" / ".orchestra").mkdir(parents=True)
+        (dead / "0" / "big").write_bytes(b"x" * 300_000)
+        old, new = remote / "agent" / ("a" * 64), remote / "agent" / ("b" * 64)
+        for version in (old, new):
+            version.mkdir(parents=True)
+            (version / "node_agent.py").write_text("# an older runaway's agent\n")
+        os.utime(old, (HOUR_AGO, HOUR_AGO))
+
+        dry = runaway("clean", profile, "--dry-run", cwd=tmp_path)
+        assert dry.returncode == 0, dry.stderr
+        assert "node agent files: would remove 2 folder(s)" in dry.stdout, dry.stdout
+        assert "kept 3" in dry.stdout, dry.stdout
+        assert "kept: the node agent of this runaway" in dry.stdout
+        assert "kept: installed" in dry.stdout and "kept: its agent runs" in dry.stdout
+        assert dead.is_dir() and old.is_dir()  # nothing removed
+
+        cleaned = runaway("clean", profile, cwd=tmp_path)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert "node agent files: removed 2 folder(s)" in cleaned.stdout, cleaned.stdout
+        assert sorted(p.name for p in (remote / "spare").iterdir()) == [live.name]
+        assert sorted(p.name for p in (remote / "agent").iterdir()) == sorted([DIGEST, new.name])
+    finally:
+        gate.unlink()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert list((remote / "spare").iterdir()) == []  # the agent removed its own as it ended
+
+
 def test_clean_of_a_profile_that_does_not_exist_is_one_error(tmp_path):
     done = runaway("clean", "no-such-profile", cwd=tmp_path)
     assert done.returncode == 2
@@ -148,17 +204,28 @@ def test_clean_on_slurm_checks_runs_on_their_node(testbed, tmp_path):
         time.sleep(0.5)
         aged = testbed.ssh("login", f"touch -d '2 hours ago' ~/{root}/code/*.tar")
         assert aged.returncode == 0, aged.stderr
+        # spare folders as agents name them: one of a pid alive on node1 (and not on login,
+        # where the folders are listed), one of a pid gone on node2
+        live = _pid_alive_only_on(testbed, "node1", "login")
+        gone = testbed.ssh("node2", "true & p=$!; wait; echo $p").stdout.strip()
+        made = testbed.ssh("login", f"mkdir -p ~/{root}/spare/node1-{live}/0 "
+                                    f"~/{root}/spare/node2-{gone}/0")
+        assert made.returncode == 0, made.stderr
         dry = runaway("clean", profile, "--dry-run", cwd=tmp_path)
         assert dry.returncode == 0, dry.stderr
         assert "would remove 2 run folder(s) and 1 code archive(s)" in dry.stdout, dry.stdout
         assert "kept: running" in dry.stdout and "kept: in use" in dry.stdout
+        assert "node agent files: would remove 1 folder(s)" in dry.stdout, dry.stdout
+        assert "kept: its agent runs" in dry.stdout
         cleaned = runaway("clean", profile, cwd=tmp_path)
         assert cleaned.returncode == 0, cleaned.stderr
         assert "removed 2 run folder(s) and 1 code archive(s)" in cleaned.stdout
+        assert testbed.ssh("login", f"ls ~/{root}/spare").stdout.split() == [f"node1-{live}"]
         runs = testbed.ssh("login", f"ls ~/{root}/runs").stdout.split()
         assert runs == [running]
         assert len(testbed.ssh("login", f"ls ~/{root}/code").stdout.split()) == 1
     finally:
+        testbed.ssh("node1", "pkill -u $USER -f 'sleep 607'")
         testbed.ssh("login", f"touch ~/gate-{tag}")
         try:
             assert proc.wait(timeout=600) == 0, proc.stderr.read()
@@ -166,3 +233,14 @@ def test_clean_on_slurm_checks_runs_on_their_node(testbed, tmp_path):
             if proc.poll() is None:
                 stop(proc)
         testbed.ssh("login", f"rm -f ~/gate-{tag}")
+
+
+def _pid_alive_only_on(testbed, host: str, other: str) -> str:
+    """A process left running on `host` whose pid names no process on `other` (each bed host
+    has its own pid namespace)."""
+    for _ in range(10):
+        pid = testbed.ssh(host, "setsid sleep 607 </dev/null >/dev/null 2>&1 & echo $!"
+                          ).stdout.strip()
+        if testbed.ssh(other, f"kill -0 {pid}").returncode != 0:
+            return pid
+    raise AssertionError(f"no pid of {host} free on {other}")
