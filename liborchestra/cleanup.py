@@ -259,28 +259,32 @@ async def _judge_agent_files(engine: Engine, place: _Place, folders: list[AgentF
     """Fill `keep`: this runaway's agent stays, and a version installed in the last `grace`
     seconds (an older runaway may be starting it); a spare folder stays while its agent (the
     pid in its name, on the host in its name) runs, or cannot be asked."""
-    owners: dict[str, list[int]] = {}
-    for folder in folders:
-        host, _, pid = folder.name.rpartition("-")
-        if folder.kind == "spare" and host and pid.isdigit():
-            owners.setdefault(host, []).append(int(pid))
-    alive = {host: await _agents_alive(engine, place, host, pids)
-             for host, pids in owners.items()}
+    owners = {folder: _owner(folder) for folder in folders}
+    pids: dict[str, list[int]] = {}
+    for owner in filter(None, owners.values()):
+        pids.setdefault(owner[0], []).append(owner[1])
+    alive = {host: await _agents_alive(engine, place, host, numbers)
+             for host, numbers in pids.items()}
     judged = []
-    for folder in folders:
-        host, _, pid = folder.name.rpartition("-")
+    for folder, owner in owners.items():
         if folder.kind == "agent":
             keep = "the node agent of this runaway" if folder.name == DIGEST else (
                 f"installed {_ago(folder.age)} ago (may be starting)" if folder.age < grace
                 else "")
-        elif folder.kind != "spare" or not host or not pid.isdigit():
+        elif owner is None:
             keep = "not a folder runaway makes"
-        elif alive[host] is None:
-            keep = f"cannot tell whether its agent runs (host {host} not reachable)"
+        elif alive[owner[0]] is None:
+            keep = f"cannot tell whether its agent runs (host {owner[0]} not reachable)"
         else:
-            keep = "its agent runs" if int(pid) in alive[host] else ""
+            keep = "its agent runs" if owner[1] in alive[owner[0]] else ""
         judged.append(attrs.evolve(folder, keep=keep))
     return judged
+
+
+def _owner(folder: AgentFolder) -> tuple[str, int] | None:
+    """The host and pid of the agent a spare folder is named for (None: not a spare's name)."""
+    host, _, pid = folder.name.rpartition("-")
+    return (host, int(pid)) if folder.kind == "spare" and host and pid.isdigit() else None
 
 
 async def _agents_alive(engine: Engine, place: _Place, host: str,

@@ -61,6 +61,9 @@ def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
         os.close(fd)
 
 
+_READ = 1 << 20  # bytes asked of each read
+
+
 def read_bytes(path: str) -> bytes | None:
     """A whole file; None when there is none. Opened, not looked up first: the driver reads
     several per execution that most folders do not have."""
@@ -68,15 +71,17 @@ def read_bytes(path: str) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not open(): half the CPU of a read
     except (FileNotFoundError, NotADirectoryError):
         return None
+    chunks = []
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
+        while True:  # a short read of a regular file is its end: no read to see b""
+            chunks.append(os.read(fd, _READ))
+            if len(chunks[-1]) < _READ:
+                break
     except IsADirectoryError:
         return None
     finally:
         os.close(fd)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 NEXT = ".next"  # a record file's spare: kept, blocks and all, to be written in place
