@@ -29,6 +29,10 @@ class ClusterScheduler(Scheduler):
         self._login = self.login()
         self.host = self._login.host
         self.shell = SSHShell(pool.host(self._login), self.host)
+        # What the final sweep by name is for: jobs granted and not yet released, and whether
+        # a request or a release ended otherwise than as asked (a job may be left).
+        self._held: set[str] = set()
+        self._unsure = False
 
     def error(self, text: str) -> SchedulerError:
         return SchedulerError(f"{self.kind} on {self.host}: {text}")
@@ -48,6 +52,33 @@ class ClusterScheduler(Scheduler):
         if done.returncode == 127:
             raise self.error(f"`{command.split()[0]}` not found ({self.missing})")
         return done
+
+    async def tracked(self, request: Awaitable[Allocation]) -> Allocation:
+        """The allocation `request` gives, held until released. A request refused, failed or
+        interrupted may have left a job (submitted before its id was known): the final
+        sweep runs."""
+        try:
+            allocation = await request
+        except BaseException:
+            self._unsure = True
+            raise
+        self._held.add(allocation.id)
+        return allocation
+
+    async def release_with(self, allocation: Allocation, command: str) -> None:
+        """Release `allocation` with `command`, whose status says whether it did."""
+        try:
+            done = await self.run(command)
+        except BaseException:
+            self._unsure = True
+            raise
+        if done.returncode == 0:
+            self._held.discard(allocation.id)
+
+    def may_leave(self) -> bool:
+        """Whether a job may be left for the final sweep: every request granted and then
+        released cleanly leaves none (a command less as each engine ends)."""
+        return self._unsure or bool(self._held)
 
     def node(self, name: str, granted: int, fixed: bool = False,
              srun_job: str | None = None) -> Node:

@@ -5,7 +5,8 @@ shares with the nodes) and submitted with `qsub FILE`; its `#PBS -N` / `#PBS -l
 nodes=N:ppn=M,walltime=...` directives ask for the nodes. The script copies `$PBS_NODEFILE`
 (one line per granted processor) to a file next to it, then sleeps until the walltime. Every
 job of an engine has the same name; one `qstat -f` of the engine's jobs polls them all, and a
-final `qdel` sweeps the known jobs and any job of that name `qstat -u` still lists.
+final `qdel`, when a job may be left, sweeps the known jobs and any job of that name `qstat
+-u` still lists.
 
 `slots: N` asks `ppn=N`; `slots: gpus` asks `gpus=<scheduler.gpus>` per node; `slots: cores`
 asks no ppn (the site's default, often 1: a command-line `-l nodes=...` in `options` overrides
@@ -28,6 +29,7 @@ import math
 import re
 import shlex
 import uuid
+from collections.abc import Iterable
 
 from liborchestra.schedulers.base import Allocation
 from liborchestra.schedulers.cluster import RUNNING, ClusterScheduler
@@ -144,7 +146,9 @@ class PBSScheduler(ClusterScheduler):
     # -- allocations ---------------------------------------------------------------------------
 
     async def allocate(self, walltime: float | None = None) -> Allocation:
-        walltime = walltime or self.spec.walltime
+        return await self.tracked(self._submit(walltime or self.spec.walltime))
+
+    async def _submit(self, walltime: float | None) -> Allocation:
         prefix = f"{self.folder}/{self.name}.{next(self._seq)}"
         options = shlex.join(["-o", "/dev/null", "-e", "/dev/null", *self.spec.options])
         done = await self.run(
@@ -205,21 +209,28 @@ class PBSScheduler(ClusterScheduler):
         prefix = self._files.pop(allocation.id, None)
         command = f"qdel {shlex.quote(allocation.id)} >/dev/null 2>&1"
         if prefix:
-            command += f"; rm -f {prefix}.nodes {prefix}.nodes.tmp {prefix}.pbs"
-        await self.run(command)
+            command += f"; s=$?; rm -f {prefix}.nodes {prefix}.nodes.tmp {prefix}.pbs; exit $s"
+        await self.release_with(allocation, command)
 
     async def aclose(self) -> None:
-        """Sweep: the jobs still known, and any job of this engine's name qstat lists (one
-        submitted while the engine was interrupted, before qsub could say its id)."""
+        """A job ended on its own (walltime, qdel from outside) stays held: its node file is
+        left for the sweep."""
+        if self.may_leave():
+            await self.sweep(self.name, known=self._files)
+        self._files.clear()
+
+    async def sweep(self, name: str, known: Iterable[str] = ()) -> None:
+        """Delete the `known` jobs and any job named `name` qstat lists (one submitted while
+        an engine was interrupted, before qsub could say its id), and their files."""
         done = await self.run("qstat -u \"$USER\"")
-        jobs = {short_id(job) for job in self._files}
-        jobs |= {job for job, name, state in parse_qstat_user(done.stdout.decode(errors="replace"))
-                 if name == self.name and state not in ("C",)}
-        command = f"rm -f {self.folder}/{shlex.quote(self.name)}.*"
+        jobs = {short_id(job) for job in known}
+        jobs |= {job for job, job_name, state in
+                 parse_qstat_user(done.stdout.decode(errors="replace"))
+                 if job_name == name and state != "C"}
+        command = f"rm -f {self.folder}/{shlex.quote(name)}.*"
         if jobs:
             command = f"qdel {' '.join(map(shlex.quote, sorted(jobs)))} >/dev/null 2>&1; " + command
         await self.run(command)
-        self._files.clear()
 
 
 def _reason(attributes: dict[str, str]) -> str:

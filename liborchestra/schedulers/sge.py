@@ -5,7 +5,8 @@ An allocation is a job submitted with `qsub` over SSH. Its script, sent on stdin
 directory, which the login host shares with the nodes, then sleeps until the walltime. The
 scheduler waits until that file appears and reaches the hosts it names with SSH through the
 login host. Every job of an engine carries the same name, so one `qstat` polls them all and a
-final `qdel <name>` sweeps anything left (a request still pending when the engine stopped).
+final `qdel <name>` sweeps anything that may be left (a request still pending when the engine
+stopped).
 
 Grid Engine grants slots, not nodes. A request is `-pe <pe> <count>`: `pe` from the profile,
 else `smp` for one node and `mpi` for more (the test bed's names; sites name theirs). The count
@@ -120,7 +121,9 @@ class SGEScheduler(ClusterScheduler):
     # -- allocations ---------------------------------------------------------------------------
 
     async def allocate(self, walltime: float | None = None) -> Allocation:
-        walltime = walltime or self.spec.walltime
+        return await self.tracked(self._submit(walltime or self.spec.walltime))
+
+    async def _submit(self, walltime: float | None) -> Allocation:
         prefix = f"{self.folder}/{self.name}.{next(self._seq)}"
         request = self.request(walltime)
         command = (f"mkdir -p {self.folder} && qsub -terse -w e -S /bin/bash -o /dev/null -j y "
@@ -178,11 +181,14 @@ class SGEScheduler(ClusterScheduler):
         prefix = self._files.pop(allocation.id, None)
         command = f"qdel {shlex.quote(allocation.id)} >/dev/null 2>&1"
         if prefix:
-            command += f"; rm -f {prefix}.hosts {prefix}.hosts.tmp"
-        await self.shell.run(command)
+            command += f"; s=$?; rm -f {prefix}.hosts {prefix}.hosts.tmp; exit $s"
+        await self.release_with(allocation, command)
 
     async def aclose(self) -> None:
-        await self.sweep(self.name)
+        """A job ended on its own (walltime, qdel from outside) stays held: its host file is
+        left for the sweep."""
+        if self.may_leave():
+            await self.sweep(self.name)
         self._files.clear()
 
     async def sweep(self, name: str) -> None:

@@ -51,10 +51,6 @@ class SlurmScheduler(ClusterScheduler):
     def __init__(self, profile, pool) -> None:
         super().__init__(profile, pool)
         self.name = f"orchestra-{uuid.uuid4().hex[:10]}"
-        # what the final sweep by name is for: jobs granted and not yet cancelled, and whether
-        # a request or a cancel ended in any other way than as asked (a job may be left)
-        self._held: set[str] = set()
-        self._unsure = False
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -67,21 +63,17 @@ class SlurmScheduler(ClusterScheduler):
     # -- allocations ---------------------------------------------------------------------------
 
     async def allocate(self, walltime: float | None = None) -> Allocation:
-        walltime = walltime or self.spec.walltime
+        return await self.tracked(self._allocate(walltime or self.spec.walltime))
+
+    async def _allocate(self, walltime: float | None) -> Allocation:
+        job = await (self._sbatch(walltime) if self.spec.submit == "sbatch"
+                     else self._salloc(walltime))
         try:
-            job = await (self._sbatch(walltime) if self.spec.submit == "sbatch"
-                         else self._salloc(walltime))
-            try:
-                allocation = await self._describe(job)
-            except BaseException:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                    await self.shell.run(f"scancel {shlex.quote(job)}")
-                raise
+            return await self._describe(job)
         except BaseException:
-            self._unsure = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                await self.shell.run(f"scancel {shlex.quote(job)}")
             raise
-        self._held.add(allocation.id)
-        return allocation
 
     async def _salloc(self, walltime: float | None) -> str:
         # `echo $$; exec salloc`: the remote salloc's pid comes first on stdout. A closed
@@ -186,18 +178,10 @@ class SlurmScheduler(ClusterScheduler):
         return states
 
     async def release(self, allocation: Allocation) -> None:
-        try:
-            done = await self.shell.run(f"scancel {shlex.quote(allocation.id)}")
-        except BaseException:
-            self._unsure = True
-            raise
-        if done.returncode == 0:
-            self._held.discard(allocation.id)
+        await self.release_with(allocation, f"scancel {shlex.quote(allocation.id)}")
 
     async def aclose(self) -> None:
-        """Sweep by name only when something may be left: every request that was granted
-        and cancelled cleanly leaves nothing (one command less as each engine ends)."""
-        if self._unsure or self._held:
+        if self.may_leave():
             await self.sweep(self.name)
 
     async def sweep(self, name: str) -> None:

@@ -188,34 +188,6 @@ def test_refused_allocation_is_one_clear_error_within_seconds(testbed, tmp_path,
     assert nothing_left(testbed) == []
 
 
-def test_the_final_sweep_by_name_runs_only_when_a_job_may_be_left(testbed, tmp_path,
-                                                                   monkeypatch):
-    """Granted and cancelled cleanly: nothing to sweep. Refused: swept (a request that did
-    not end as asked may have left a job)."""
-    from liborchestra.schedulers.slurm import SlurmScheduler
-
-    swept: list[str] = []
-    sweep = SlurmScheduler.sweep
-
-    async def spy(self, name):
-        swept.append(name)
-        await sweep(self, name)
-
-    monkeypatch.setattr(SlurmScheduler, "sweep", spy)
-    script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
-
-    async def main(name, options):
-        profile = load(slurm_profile(testbed, tmp_path / name, options=options))
-        async with Engine(profile) as engine:
-            return await engine.submit(Execution(script, output=tmp_path / "o"))
-
-    assert run(main("granted", ["--exclusive"])).ok
-    assert swept == []
-    assert not run(main("refused", ["--nodes=5"])).ok  # refused: the bed has 3 nodes
-    assert len(swept) == 1 and swept[0].startswith("orchestra-")
-    assert nothing_left(testbed) == []
-
-
 def test_gpu_slots_get_their_own_device(testbed, tmp_path):
     script = write_script(tmp_path / "code", "env.sh", ENV_SCRIPT)
     profile_path = slurm_profile(testbed, tmp_path, gpus=2)

@@ -1,0 +1,121 @@
+"""The sweep by job name, on the bed's Slurm, Grid Engine and PBS: run as an engine ends only
+when a job may be left, and, on resume, rid the cluster of what an earlier engine left
+queued under its name."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from liborchestra import Engine, Execution
+from liborchestra.schedulers.pbs import PBSScheduler
+from liborchestra.schedulers.sge import SGEScheduler
+from liborchestra.schedulers.slurm import SlurmScheduler
+from tests.helpers import load, slurm_profile, write_script
+from tests.schedulers.scenarios import run
+from tests.schedulers.test_pbs import pbs_profile
+from tests.schedulers.test_sge import sge_profile
+
+SCHEDULERS = {"slurm": SlurmScheduler, "sge": SGEScheduler, "pbs": PBSScheduler}
+REFUSED = {  # a request each refuses at once
+    "slurm": {"options": ["--nodes=5"]},  # the bed has 3 nodes
+    "sge": {"options": ["-q", "nosuch.q"]},
+    "pbs": {"nodes": 5},
+}
+
+
+def _profile(testbed, tmp, kind: str, **scheduler):
+    make = {"slurm": slurm_profile, "sge": sge_profile, "pbs": pbs_profile}[kind]
+    return load(make(testbed, tmp, **scheduler))
+
+
+def _jobs(testbed, kind: str, name: str) -> list[str]:
+    """Ids of the user's live jobs named `name`."""
+    command = {
+        "slurm": f"squeue -h -u $USER -n {name} -o %i",
+        "sge": "qstat -u $USER | awk 'NR > 2 {print $1, $3}' | "
+               f"grep ' {name[:10]}$' | cut -d' ' -f1",  # qstat cuts names to 10 characters
+        "pbs": f"PATH={testbed.pbs_bin}:$PATH qstat -u $USER | "
+               f"awk '$4 == \"{name}\" && $10 != \"C\" {{print $1}}'",
+    }[kind]
+    return testbed.ssh("login", command, check=True).stdout.split()
+
+
+def _gone(testbed, kind: str, name: str, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while _jobs(testbed, kind, name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def _files(testbed, profile, kind: str) -> list[str]:
+    """What the engine left in its scheduler folder on the login host (holder and host
+    files); Slurm keeps none there."""
+    return testbed.ssh("login", f"ls -A {profile.directory}/{kind} 2>/dev/null || true",
+                       check=True).stdout.split()
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULERS))
+def test_the_final_sweep_runs_only_when_a_job_may_be_left(testbed, tmp_path, monkeypatch,
+                                                          kind):
+    """Granted and released cleanly: nothing to sweep, nothing left. Refused: swept (a
+    request that did not end as asked may have left a job), nothing left."""
+    cls = SCHEDULERS[kind]
+    swept: list[str] = []
+    sweep = cls.sweep
+
+    async def spy(self, name, *args, **kwargs):
+        swept.append(name)
+        await sweep(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "sweep", spy)
+    script = write_script(tmp_path / "code", "noop.sh", "true\n")
+
+    async def main(profile):
+        async with Engine(profile) as engine:
+            return await engine.submit(Execution(script, output=tmp_path / "o"))
+
+    granted = _profile(testbed, tmp_path / "granted", kind)
+    assert run(main(granted)).ok
+    assert swept == []
+    assert _files(testbed, granted, kind) == []
+    refused = _profile(testbed, tmp_path / "refused", kind, **REFUSED[kind])
+    assert not run(main(refused)).ok
+    assert len(swept) == 1 and swept[0].startswith(("orchestra-", "orch-"))
+    assert _gone(testbed, kind, swept[0])
+    assert _files(testbed, refused, kind) == []
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULERS))
+def test_a_sweep_by_name_removes_an_earlier_engines_queued_job(testbed, tmp_path, kind):
+    """What a resume does for a driver killed while its request waited, before it learnt the
+    job's id: the job, held in the queue under the engine's name, goes."""
+    name = ("orch-" if kind == "pbs" else "orchestra-") + uuid.uuid4().hex[:10]
+    profile = _profile(testbed, tmp_path, kind)
+    submit = {
+        "slurm": f"sbatch -H -J {name} -o /dev/null --wrap 'sleep 600'",
+        "sge": f"echo 'sleep 600' | qsub -h -N {name} -S /bin/bash -o /dev/null -j y",
+        "pbs": f"cd /tmp && printf '#!/bin/bash\\nsleep 600\\n' > {name}.sh && "
+               f"PATH={testbed.pbs_bin}:$PATH qsub -h -N {name} -o /dev/null -e /dev/null "
+               f"{name}.sh; rm -f {name}.sh",
+    }[kind]
+    testbed.ssh("login", submit, check=True)
+    try:
+        assert _jobs(testbed, kind, name), "the held job is not in the queue"
+
+        async def main():
+            async with Engine(profile) as engine:
+                await engine.sweep_stale(name)
+
+        run(main())
+        assert _gone(testbed, kind, name)
+    finally:  # what the sweep missed
+        left = " ".join(_jobs(testbed, kind, name))
+        if left:
+            cancel = {"slurm": "scancel", "sge": "qdel",
+                      "pbs": f"PATH={testbed.pbs_bin}:$PATH qdel"}[kind]
+            testbed.ssh("login", f"{cancel} {left}")
