@@ -17,7 +17,6 @@ The library decides and removes; the CLI renders the inventory.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,6 +44,7 @@ KILL_CONCURRENCY = 8
 
 _SCAN = r"""cd @ROOT@ 2>/dev/null || { echo "none"; exit 0; }
 echo "now $(date +%s)"
+echo "host $(uname -n)"
 for f in code/*.tar code/.*.tar.*; do
   [ -f "$f" ] || continue
   echo "archive $(stat -c '%s %Y' -- "$f") ${f#code/}"
@@ -180,11 +180,13 @@ async def _scan(engine: Engine, place: _Place, root: str, grace: float, known: d
     if done.returncode != 0:
         raise OrchestraError(done.stderr.decode(errors="replace").strip() or
                              f"listing {root} failed (status {done.returncode})")
-    now, archives, runs, agent_files = 0.0, [], [], []
+    now, here, archives, runs, agent_files = 0.0, "", [], [], []
     for line in done.stdout.decode(errors="replace").splitlines():
         parts = line.split()
         if parts[:1] == ["now"] and len(parts) == 2:
             now = float(parts[1])
+        elif parts[:1] == ["host"] and len(parts) == 2:
+            here = parts[1]
         elif parts[:1] == ["archive"] and len(parts) == 4:
             archives.append(RemoteArchive(place.shell.name, parts[3], int(parts[1]),
                                           now - float(parts[2])))
@@ -200,7 +202,7 @@ async def _scan(engine: Engine, place: _Place, root: str, grace: float, known: d
     runs = await _judge_runs(engine, place, runs, known)
     going = {r.digest for r in runs if r.keep and r.digest}
     archives = [attrs.evolve(a, keep=_archive_keep(a, going, grace)) for a in archives]
-    return archives, runs, await _judge_agent_files(engine, place, agent_files, grace)
+    return archives, runs, await _judge_agent_files(engine, place, agent_files, grace, here)
 
 
 def _opt(text: str) -> str | None:
@@ -255,7 +257,7 @@ async def _judge_runs(engine: Engine, place: _Place, runs: list[RemoteRun],
 
 
 async def _judge_agent_files(engine: Engine, place: _Place, folders: list[AgentFolder],
-                             grace: float) -> list[AgentFolder]:
+                             grace: float, here: str) -> list[AgentFolder]:
     """Fill `keep`: this runaway's agent stays, and a version installed in the last `grace`
     seconds (an older runaway may be starting it); a spare folder stays while its agent (the
     pid in its name, on the host in its name) runs, or cannot be asked."""
@@ -263,7 +265,7 @@ async def _judge_agent_files(engine: Engine, place: _Place, folders: list[AgentF
     pids: dict[str, list[int]] = {}
     for owner in filter(None, owners.values()):
         pids.setdefault(owner[0], []).append(owner[1])
-    alive = {host: await _agents_alive(engine, place, host, numbers)
+    alive = {host: await _agents_alive(engine, place, host, numbers, here)
              for host, numbers in pids.items()}
     judged = []
     for folder, owner in owners.items():
@@ -287,13 +289,17 @@ def _owner(folder: AgentFolder) -> tuple[str, int] | None:
     return (host, int(pid)) if folder.kind == "spare" and host and pid.isdigit() else None
 
 
-async def _agents_alive(engine: Engine, place: _Place, host: str,
-                        pids: list[int]) -> set[int] | None:
-    """Which agents of `host` (the name it gives itself) live, asked of that node; None when
-    it cannot be asked (as another machine's folder through a local profile's)."""
-    if engine.profile.scheduler.kind == "local":
-        return await _alive(engine, place, None, pids) if host == os.uname().nodename \
-            else None
+async def _agents_alive(engine: Engine, place: _Place, host: str, pids: list[int],
+                        here: str) -> set[int] | None:
+    """Which agents of `host` (the name it gives itself) live, asked of that node: of the
+    listing host itself when it is `host` (`here`; a hosts profile may name it otherwise,
+    by an address say), else of the node by that name; None when it cannot be asked (as
+    another machine's folder through a local profile's)."""
+    kind = engine.profile.scheduler.kind
+    if kind in ("local", "hosts") and host == here:
+        return await _alive(engine, place, None, pids)
+    if kind == "local":
+        return None
     return await _alive(engine, place, host, pids)
 
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import local_profile, slurm_profile, wait_started, write_script
+from tests.helpers import (
+    local_profile,
+    slurm_profile,
+    stock_profile,
+    wait_started,
+    write_script,
+)
 from tests.runaway.test_batch import runaway
 
 HOUR_AGO = time.time() - 3600
@@ -233,6 +239,32 @@ def test_clean_on_slurm_checks_runs_on_their_node(testbed, tmp_path):
             if proc.poll() is None:
                 stop(proc)
         testbed.ssh("login", f"rm -f ~/gate-{tag}")
+
+
+def test_clean_on_a_hosts_profile_asks_a_host_named_by_address_for_its_spares(testbed,
+                                                                              tmp_path):
+    """The profile names the host 127.0.0.1; its agents name their spare folders after the
+    name it gives itself. Whether their agents run is still asked of it."""
+    profile = stock_profile(testbed, tmp_path)
+    root = yaml.safe_load(profile.read_text())["directory"].removeprefix("~/")
+    host = testbed.ssh("local", "uname -n", check=True).stdout.strip()
+    assert host != "127.0.0.1"
+    live = testbed.ssh("local", "setsid sleep 608 </dev/null >/dev/null 2>&1 & echo $!",
+                       check=True).stdout.strip()
+    try:
+        gone = testbed.ssh("local", "true & p=$!; wait; echo $p", check=True).stdout.strip()
+        testbed.ssh("local", f"mkdir -p ~/{root}/spare/{host}-{live}/0 "
+                             f"~/{root}/spare/{host}-{gone}/0", check=True)
+        dry = runaway("clean", profile, "--dry-run", cwd=tmp_path)
+        assert dry.returncode == 0, dry.stderr
+        assert "node agent files: would remove 1 folder(s)" in dry.stdout, dry.stdout
+        assert "kept: its agent runs" in dry.stdout and "cannot tell" not in dry.stdout
+        cleaned = runaway("clean", profile, cwd=tmp_path)
+        assert cleaned.returncode == 0, cleaned.stderr
+        left = testbed.ssh("local", f"ls ~/{root}/spare", check=True).stdout.split()
+        assert left == [f"{host}-{live}"]
+    finally:
+        testbed.ssh("local", f"kill {live}; rm -rf ~/{root}")
 
 
 def _pid_alive_only_on(testbed, host: str, other: str) -> str:
