@@ -3,6 +3,7 @@ reached behind it, allocations built from the hosts and slot counts the cluster 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -119,8 +120,9 @@ class ClusterScheduler(Scheduler):
                             "between the login host and the nodes?")
                 await anyio.sleep(delay)
                 delay = min(POLL_MAX, delay * 2)
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+        except BaseException:  # raised as it was: a failed withdrawal leaves the sweep to it
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30), \
+                    contextlib.suppress(SchedulerError):
                 await self.release(Allocation(job, ()))
             raise
 

@@ -157,10 +157,10 @@ class SlurmScheduler(ClusterScheduler):
     async def poll(self, allocations: list[Allocation]) -> dict[str, str]:
         out = await self.command(f"squeue -h -u \"$USER\" -n {shlex.quote(self.name)} -o '%i %T'",
                               "squeue")
-        alive = {parts[0] for parts in map(str.split, out.splitlines())
-                 if len(parts) == 2 and parts[1] in _ALIVE}
-        ended = [a.id for a in allocations if a.id not in alive]
-        self._held.difference_update(ended)
+        listed = dict(parts for parts in map(str.split, out.splitlines()) if len(parts) == 2)
+        ended = [a.id for a in allocations if listed.get(a.id) not in _ALIVE]
+        # one squeue still lists (requeued, pending again) may start later: held for the sweep
+        self._held.difference_update(job for job in ended if job not in listed)
         if not ended:
             return {}
         states = await self._final_states(ended)

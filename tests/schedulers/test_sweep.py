@@ -7,14 +7,16 @@ from __future__ import annotations
 import time
 import uuid
 
+import anyio
 import pytest
 
-from liborchestra import Engine, Execution
+from liborchestra import Engine, Execution, State
+from liborchestra.errors import SchedulerError
 from liborchestra.schedulers.pbs import PBSScheduler
 from liborchestra.schedulers.sge import SGEScheduler
 from liborchestra.schedulers.slurm import SlurmScheduler
 from tests.helpers import load, slurm_profile, write_script
-from tests.schedulers.scenarios import run
+from tests.schedulers.scenarios import cancel_from_outside, run
 from tests.schedulers.test_pbs import pbs_profile
 from tests.schedulers.test_sge import sge_profile
 
@@ -32,11 +34,10 @@ def _profile(testbed, tmp, kind: str, **scheduler):
 
 
 def _jobs(testbed, kind: str, name: str) -> list[str]:
-    """Ids of the user's live jobs named `name`."""
+    """Ids of the user's live jobs named `name` (on SGE, the name: qdel takes it too)."""
     command = {
         "slurm": f"squeue -h -u $USER -n {name} -o %i",
-        "sge": "qstat -u $USER | awk 'NR > 2 {print $1, $3}' | "
-               f"grep ' {name[:10]}$' | cut -d' ' -f1",  # qstat cuts names to 10 characters
+        "sge": f"qstat -j {name} >/dev/null 2>&1 && echo {name} || true",  # by full name
         "pbs": f"PATH={testbed.pbs_bin}:$PATH qstat -u $USER | "
                f"awk '$4 == \"{name}\" && $10 != \"C\" {{print $1}}'",
     }[kind]
@@ -119,3 +120,41 @@ def test_a_sweep_by_name_removes_an_earlier_engines_queued_job(testbed, tmp_path
             cancel = {"slurm": "scancel", "sge": "qdel",
                       "pbs": f"PATH={testbed.pbs_bin}:$PATH qdel"}[kind]
             testbed.ssh("login", f"{cancel} {left}")
+
+
+def test_a_slurm_job_requeued_from_outside_is_swept_as_the_engine_ends(testbed, tmp_path):
+    """Requeued and held (as after a node failure, where Slurm requeues): the engine gives the
+    allocation up, but squeue still lists the job, which would start again and hold nodes
+    with nobody to use them. The final sweep cancels it."""
+    profile = _profile(testbed, tmp_path, "slurm", submit="sbatch", poll_interval="1s")
+    job, lost, *_ = cancel_from_outside(testbed, tmp_path, profile, "scontrol requeuehold")
+    assert lost.state is State.LOST and f"allocation {job} ended" in lost.message
+    deadline = time.monotonic() + 15
+    while state := testbed.ssh("login", f"squeue -h -j {job} -o %T").stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} left {state}"
+        time.sleep(0.25)
+
+
+@pytest.mark.parametrize("kind", ["sge", "pbs"])
+def test_a_request_interrupted_stays_interrupted_when_withdrawing_it_fails(testbed, tmp_path,
+                                                                           monkeypatch, kind):
+    """The holder job waits in the queue (held); the request is interrupted, and withdrawing
+    the job fails (its qdel missing, say): the interruption is still what ends the request,
+    not that error, and the engine's final sweep removes the job."""
+    cls = SCHEDULERS[kind]
+
+    async def failing(self, allocation):
+        raise SchedulerError(f"{kind} on login: `qdel` not found")
+
+    monkeypatch.setattr(cls, "release", failing)
+    profile = _profile(testbed, tmp_path, kind, options=["-h"])
+
+    async def main():
+        async with Engine(profile) as engine:
+            with anyio.move_on_after(3) as scope:
+                await engine.scheduler.allocate()
+            return engine.scheduler.name, scope.cancelled_caught
+
+    name, interrupted = run(main())
+    assert interrupted
+    assert _gone(testbed, kind, name)
