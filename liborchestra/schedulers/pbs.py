@@ -6,7 +6,8 @@ nodes=N:ppn=M,walltime=...` directives ask for the nodes. The script copies `$PB
 (one line per granted processor) to a file next to it, then sleeps until the walltime. Every
 job of an engine has the same name; one `qstat -f` of the engine's jobs polls them all, and a
 final `qdel`, when a job may be left, sweeps the known jobs and any job of that name `qstat
--u` still lists.
+-u` still lists (where it shows the name cut short, as PBS Pro does, `qstat -f` says whose
+it is).
 
 `slots: N` asks `ppn=N`; `slots: gpus` asks `gpus=<scheduler.gpus>` per node; `slots: cores`
 asks no ppn (the site's default, often 1: a command-line `-l nodes=...` in `options` overrides
@@ -91,6 +92,14 @@ def parse_qstat_user(text: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+def cut_short(shown: str, name: str) -> bool:
+    """Whether `qstat -u` may be showing `name` as `shown`: cut to its column, as Torque and
+    the bed's wrappers cut it (at 16 and 20 characters), or with a `*` for the rest, as PBS
+    Pro marks it (at 10)."""
+    stem = shown[:-1] if shown.endswith("*") else shown
+    return 0 < len(stem) < len(name) and name.startswith(stem)
+
+
 def parse_nodefile(text: str) -> tuple[float | None, list[tuple[str, int]]]:
     """The holder's file: its start time (epoch), then one host per granted processor."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
@@ -107,7 +116,7 @@ class PBSScheduler(ClusterScheduler):
 
     def __init__(self, profile, pool) -> None:
         super().__init__(profile, pool)
-        self.name = f"orch-{uuid.uuid4().hex[:10]}"  # 15 characters: PBS shows no more
+        self.name = f"orch-{uuid.uuid4().hex[:10]}"  # 15: Torque's `qstat -u` shows 16
         self.folder = f"{remote_path(profile.directory)}/pbs"
         self._env = "".join(f"export {k}={shlex.quote(v)}; " for k, v in profile.env)
         self._seq = itertools.count()
@@ -221,12 +230,17 @@ class PBSScheduler(ClusterScheduler):
 
     async def sweep(self, name: str, known: Iterable[str] = ()) -> None:
         """Delete the `known` jobs and any job named `name` qstat lists (one submitted while
-        an engine was interrupted, before qsub could say its id), and their files."""
+        an engine was interrupted, before qsub could say its id), and their files. A name
+        `qstat -u` shows cut short is looked up in `qstat -f`, by the job's id."""
         done = await self.run("qstat -u \"$USER\"")
-        jobs = {short_id(job) for job in known}
-        jobs |= {job for job, job_name, state in
-                 parse_qstat_user(done.stdout.decode(errors="replace"))
-                 if job_name == name and state != "C"}
+        rows = [(job, shown) for job, shown, state in
+                parse_qstat_user(done.stdout.decode(errors="replace")) if state != "C"]
+        jobs = {short_id(job) for job in known} | {job for job, shown in rows if shown == name}
+        maybe = sorted(job for job, shown in rows if shown != name and cut_short(shown, name))
+        if maybe:  # shown cut short: their full names say which are this one
+            done = await self.run("qstat -f " + " ".join(map(shlex.quote, maybe)))
+            full = parse_qstat_full(done.stdout.decode(errors="replace"))
+            jobs |= {job for job in maybe if full.get(job, {}).get("Job_Name") == name}
         command = f"rm -f {self.folder}/{shlex.quote(name)}.*"
         if jobs:
             command = f"qdel {' '.join(map(shlex.quote, sorted(jobs)))} >/dev/null 2>&1; " + command

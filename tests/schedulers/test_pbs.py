@@ -20,6 +20,7 @@ import pytest
 from liborchestra import Engine, Execution, State
 from liborchestra.schedulers.pbs import (
     PBSScheduler,
+    cut_short,
     parse_nodefile,
     parse_qstat_full,
     parse_qstat_user,
@@ -190,6 +191,28 @@ def test_qstat_parsing_on_torque_documented_format():
     assert parse_qstat_user(TORQUE_QSTAT_A) == [
         ("4127", "orch-0123456789", "R"), ("4129", "other-job", "Q")]
     assert short_id("4127.torque-server.example.org\n") == "4127"
+
+
+PBSPRO_QSTAT_U = """\
+
+pbsserver:
+                                                            Req'd  Req'd   Elap
+Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time
+--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----
+1043.pbsserver  alice    workq    orch-0123*     --   2   8    --  01:00 Q   --
+1044.pbsserver  alice    workq    orch-4567*  20731   1   1    --  00:30 R 00:02
+"""  # PBS Pro's alternative format: a name longer than its column ends in `*`
+
+
+def test_a_name_qstat_u_cuts_short_is_told_from_a_whole_one():
+    assert parse_qstat_user(PBSPRO_QSTAT_U) == [
+        ("1043", "orch-0123*", "Q"), ("1044", "orch-4567*", "R")]
+    assert cut_short("orch-0123*", "orch-0123456789")  # PBS Pro's mark
+    assert cut_short("orch-0123456789abcde", "orch-0123456789abcdefXYZW")  # Torque: no mark
+    assert not cut_short("orch-4567*", "orch-0123456789")
+    assert not cut_short("orch-0123456789", "orch-0123456789")  # whole: the name itself
+    assert not cut_short("orch-0123456789x", "orch-0123456789")  # longer: another name
+    assert not cut_short("*", "orch-0123456789")
 
 
 def test_nodefile_request_and_holder_text(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from liborchestra import Engine, Execution, State
 from liborchestra.errors import SchedulerError
-from liborchestra.schedulers.pbs import PBSScheduler
+from liborchestra.schedulers.pbs import PBSScheduler, parse_qstat_full
 from liborchestra.schedulers.sge import SGEScheduler
 from liborchestra.schedulers.slurm import SlurmScheduler
 from tests.helpers import load, slurm_profile, write_script
@@ -91,28 +91,32 @@ def test_the_final_sweep_runs_only_when_a_job_may_be_left(testbed, tmp_path, mon
     assert _files(testbed, refused, kind) == []
 
 
+def _submit_held(testbed, kind: str, name: str) -> None:
+    """A job held in the queue under `name`, as an engine's request left there."""
+    testbed.ssh("login", {
+        "slurm": f"sbatch -H -J {name} -o /dev/null --wrap 'sleep 600'",
+        "sge": f"echo 'sleep 600' | qsub -h -N {name} -S /bin/bash -o /dev/null -j y",
+        "pbs": f"cd /tmp && printf '#!/bin/bash\\nsleep 600\\n' > {name}.sh && "
+               f"PATH={testbed.pbs_bin}:$PATH qsub -h -N {name} -o /dev/null -e /dev/null "
+               f"{name}.sh; rm -f {name}.sh",
+    }[kind], check=True)
+
+
+async def _sweep_stale(profile, name: str) -> None:
+    async with Engine(profile) as engine:
+        await engine.sweep_stale(name)
+
+
 @pytest.mark.parametrize("kind", sorted(SCHEDULERS))
 def test_a_sweep_by_name_removes_an_earlier_engines_queued_job(testbed, tmp_path, kind):
     """What a resume does for a driver killed while its request waited, before it learnt the
     job's id: the job, held in the queue under the engine's name, goes."""
     name = ("orch-" if kind == "pbs" else "orchestra-") + uuid.uuid4().hex[:10]
     profile = _profile(testbed, tmp_path, kind)
-    submit = {
-        "slurm": f"sbatch -H -J {name} -o /dev/null --wrap 'sleep 600'",
-        "sge": f"echo 'sleep 600' | qsub -h -N {name} -S /bin/bash -o /dev/null -j y",
-        "pbs": f"cd /tmp && printf '#!/bin/bash\\nsleep 600\\n' > {name}.sh && "
-               f"PATH={testbed.pbs_bin}:$PATH qsub -h -N {name} -o /dev/null -e /dev/null "
-               f"{name}.sh; rm -f {name}.sh",
-    }[kind]
-    testbed.ssh("login", submit, check=True)
+    _submit_held(testbed, kind, name)
     try:
         assert _jobs(testbed, kind, name), "the held job is not in the queue"
-
-        async def main():
-            async with Engine(profile) as engine:
-                await engine.sweep_stale(name)
-
-        run(main())
+        run(_sweep_stale(profile, name))
         assert _gone(testbed, kind, name)
     finally:  # what the sweep missed
         left = " ".join(_jobs(testbed, kind, name))
@@ -120,6 +124,35 @@ def test_a_sweep_by_name_removes_an_earlier_engines_queued_job(testbed, tmp_path
             cancel = {"slurm": "scancel", "sge": "qdel",
                       "pbs": f"PATH={testbed.pbs_bin}:$PATH qdel"}[kind]
             testbed.ssh("login", f"{cancel} {left}")
+
+
+def _pbs_named(testbed, name: str) -> list[str]:
+    """Ids of the live PBS jobs whose full name is `name` (`qstat -u` may cut it short)."""
+    out = testbed.ssh("login", f"PATH={testbed.pbs_bin}:$PATH qstat -f", check=True).stdout
+    return [job for job, attributes in parse_qstat_full(out).items()
+            if attributes.get("Job_Name") == name and attributes.get("job_state") != "C"]
+
+
+def test_a_pbs_sweep_looks_up_a_name_qstat_u_cuts_short(testbed, tmp_path):
+    """`qstat -u` cuts a long name to its column (PBS Pro at 10 characters, the bed's
+    wrappers at 20): the sweep deletes the job whose full name, in `qstat -f`, is the one
+    swept, and leaves one whose name only starts the same."""
+    stem = "orch-" + uuid.uuid4().hex[:15]  # what the wrappers show of both
+    name, twin = stem + "aaaa", stem + "bbbb"
+    for each in (name, twin):
+        _submit_held(testbed, "pbs", each)
+    try:
+        assert _pbs_named(testbed, name) and _pbs_named(testbed, twin)
+        run(_sweep_stale(_profile(testbed, tmp_path, "pbs"), name))
+        deadline = time.monotonic() + 15
+        while _pbs_named(testbed, name):
+            assert time.monotonic() < deadline, f"{name} is still queued"
+            time.sleep(0.25)
+        assert _pbs_named(testbed, twin), "the sweep deleted a job of another name"
+    finally:
+        left = _pbs_named(testbed, name) + _pbs_named(testbed, twin)
+        if left:
+            testbed.ssh("login", f"PATH={testbed.pbs_bin}:$PATH qdel {' '.join(left)}")
 
 
 def test_a_slurm_job_requeued_from_outside_is_swept_as_the_engine_ends(testbed, tmp_path):
