@@ -11,13 +11,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import yaml
 
+from bench import scratch
 from bench.exec_throughput import _raw
 from bench.raw_loop import NODES
 
@@ -107,7 +107,7 @@ def _asyncssh_jump(testbed, n: int) -> tuple[float, float]:
     return _asyncssh_script(testbed, n, jump="login")
 
 
-def run(testbed, n: int = 2000, repeats: int = 3) -> list[dict]:
+def run(testbed, n: int = 2000, repeats: int = 3, keep_in: str | None = None) -> list[dict]:
     if shutil.which("parallel") is None:
         raise SystemExit("bench: GNU parallel is missing (apt-get install parallel)")
     tools = {"runaway batch (Slurm, 3 nodes x 8 slots)": _runaway,
@@ -119,7 +119,7 @@ def run(testbed, n: int = 2000, repeats: int = 3) -> list[dict]:
              "GNU parallel -S (3 x 8 jobs)": _parallel,
              "srun per task (24 at a time)": _srun}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch.folder(keep_in) as tmp:
         folder = Path(tmp)
         os.chmod(folder, 0o755)
         for _ in range(repeats):

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import resource
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from bench import raw_loop
+from bench import raw_loop, scratch
 from bench.raw_loop import CHANNELS, NODES
 from liborchestra import Engine, Execution, State
 from liborchestra.profile import parse_profile
@@ -47,8 +46,8 @@ def _measure(coro_factory) -> tuple[float, float]:
     return time.perf_counter() - wall, _cpu() - cpu
 
 
-def run(testbed, n: int = 600, repeats: int = 3) -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
+def run(testbed, n: int = 600, repeats: int = 3, keep_in: str | None = None) -> list[dict]:
+    with scratch.folder(keep_in) as tmp:
         code = Path(tmp)
         (code / "true.sh").write_text("true\n")
         asyncio.run(_engine(testbed, 24, code))  # warm: code shipped, connections learnt

@@ -8,10 +8,11 @@ import pwd
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from bench import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def _sbatch(testbed, shared: Path) -> float:
     return elapsed
 
 
-def run(testbed, repeats: int = 5) -> list[dict]:
+def run(testbed, repeats: int = 5, keep_in: str | None = None) -> list[dict]:
     home = Path(pwd.getpwnam(testbed.user).pw_dir)
     shared = home / ".orchestra-bench-first"
     shared.mkdir(exist_ok=True)
@@ -46,7 +47,7 @@ def run(testbed, repeats: int = 5) -> list[dict]:
     (shared / "first.sh").write_text("echo first\n")
     ssh = testbed.ssh_argv("login")
     runaway = [sys.executable, "-m", "runaway", "exec"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch.folder(keep_in) as tmp:
         code = Path(tmp) / "code"
         code.mkdir()
         (code / "first.sh").write_text("echo first\n")

@@ -20,11 +20,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+from bench import scratch
 
 SLOTS = 8
 # Each tool's outputs stay until the whole benchmark ends (KEPT): removing them between runs
@@ -89,7 +90,8 @@ def _parallel(command: str):
     return measure
 
 
-def run(n: int = 2000, repeats: int = 3, where: str | None = None) -> list[dict]:
+def run(n: int = 2000, repeats: int = 3, where: str | None = None,
+        keep_in: str | None = None) -> list[dict]:
     tools = {"runaway batch local (node agent)": _runaway(True),
              "runaway batch local (shell wrapper, agent: false)": _runaway(False),
              "HyperQueue 0.27 LocalCluster (1 worker), `true`": _hyperqueue("true", "none"),
@@ -102,7 +104,7 @@ def run(n: int = 2000, repeats: int = 3, where: str | None = None) -> list[dict]
     walls: dict[str, list[float]] = {name: [] for name in tools}
     if where is not None:
         Path(where).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=where) as tmp:
+    with scratch.folder(keep_in, where) as tmp:
         folder = Path(tmp)
         for _ in range(repeats):
             for name, measure in tools.items():

@@ -8,7 +8,9 @@ Needs the test bed up (tests/testbed/up.sh) for the cluster benchmarks.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -39,12 +41,14 @@ def main() -> None:
     testbed = load_testbed()
     rows = []
     n, repeats = (200, 1) if options.quick else (600, 3)
-    rows += exec_throughput.run(testbed, n=n, repeats=repeats)
-    rows += first_output.run(testbed, repeats=3 if options.quick else 7)
-    rows += batch_throughput.run(testbed, n=300 if options.quick else 2000,
-                                 repeats=1 if options.quick else 3)
-    rows += local_throughput.run(n=500 if options.quick else 2000,
-                                 repeats=1 if options.quick else 3)
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as keep:  # see bench.scratch
+        os.chmod(keep, 0o755)
+        rows += exec_throughput.run(testbed, n=n, repeats=repeats, keep_in=keep)
+        rows += first_output.run(testbed, repeats=3 if options.quick else 7, keep_in=keep)
+        rows += batch_throughput.run(testbed, n=300 if options.quick else 2000,
+                                     repeats=1 if options.quick else 3, keep_in=keep)
+        rows += local_throughput.run(n=500 if options.quick else 2000,
+                                     repeats=1 if options.quick else 3, keep_in=keep)
     total = 20 if options.quick else (options.scale_seconds or float("inf"))
     rows += batch_scale.run(n=100_000, first=min(30, total / 2), total=total)
     for search_bench in (parasearch_throughput, parasearch_sampler_time, parasearch_fidelity,
