@@ -38,10 +38,13 @@ def _jobs(testbed, kind: str, name: str) -> list[str]:
     command = {
         "slurm": f"squeue -h -u $USER -n {name} -o %i",
         "sge": f"qstat -j {name} >/dev/null 2>&1 && echo {name} || true",  # by full name
-        "pbs": f"PATH={testbed.pbs_bin}:$PATH qstat -u $USER | "
-               f"awk '$4 == \"{name}\" && $10 != \"C\" {{print $1}}'",
+        "pbs": f"PATH={testbed.pbs_bin}:$PATH qstat -f",  # full names: -u may cut them
     }[kind]
-    return testbed.ssh("login", command, check=True).stdout.split()
+    out = testbed.ssh("login", command, check=True).stdout
+    if kind == "pbs":
+        return [job for job, attributes in parse_qstat_full(out).items()
+                if attributes.get("Job_Name") == name and attributes.get("job_state") != "C"]
+    return out.split()
 
 
 def _gone(testbed, kind: str, name: str, within: float = 15) -> bool:
@@ -126,13 +129,6 @@ def test_a_sweep_by_name_removes_an_earlier_engines_queued_job(testbed, tmp_path
             testbed.ssh("login", f"{cancel} {left}")
 
 
-def _pbs_named(testbed, name: str) -> list[str]:
-    """Ids of the live PBS jobs whose full name is `name` (`qstat -u` may cut it short)."""
-    out = testbed.ssh("login", f"PATH={testbed.pbs_bin}:$PATH qstat -f", check=True).stdout
-    return [job for job, attributes in parse_qstat_full(out).items()
-            if attributes.get("Job_Name") == name and attributes.get("job_state") != "C"]
-
-
 def test_a_pbs_sweep_looks_up_a_name_qstat_u_cuts_short(testbed, tmp_path):
     """`qstat -u` cuts a long name to its column (PBS Pro at 10 characters, the bed's
     wrappers at 20): the sweep deletes the job whose full name, in `qstat -f`, is the one
@@ -142,15 +138,12 @@ def test_a_pbs_sweep_looks_up_a_name_qstat_u_cuts_short(testbed, tmp_path):
     for each in (name, twin):
         _submit_held(testbed, "pbs", each)
     try:
-        assert _pbs_named(testbed, name) and _pbs_named(testbed, twin)
+        assert _jobs(testbed, "pbs", name) and _jobs(testbed, "pbs", twin)
         run(_sweep_stale(_profile(testbed, tmp_path, "pbs"), name))
-        deadline = time.monotonic() + 15
-        while _pbs_named(testbed, name):
-            assert time.monotonic() < deadline, f"{name} is still queued"
-            time.sleep(0.25)
-        assert _pbs_named(testbed, twin), "the sweep deleted a job of another name"
+        assert _gone(testbed, "pbs", name), f"{name} is still queued"
+        assert _jobs(testbed, "pbs", twin), "the sweep deleted a job of another name"
     finally:
-        left = _pbs_named(testbed, name) + _pbs_named(testbed, twin)
+        left = _jobs(testbed, "pbs", name) + _jobs(testbed, "pbs", twin)
         if left:
             testbed.ssh("login", f"PATH={testbed.pbs_bin}:$PATH qdel {' '.join(left)}")
 
